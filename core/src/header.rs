@@ -1,0 +1,633 @@
+//! Frame headers: the tag rules of spec §3.
+//!
+//! A header is a CMF token list that ends at the first tag-0 token. [`parse`] applies the
+//! receiver checks of §3.4 in the C++ order; [`Header`] is what an application sends and sees.
+
+use crate::cmf::{CmfError, Reader, Value};
+use core::fmt;
+
+/// Header tags (spec §3.1).
+pub mod tags {
+    /// Ends the header (writers use bool true, `04`).
+    pub const HEADER_END: u32 = 0;
+    /// The service a message belongs to; required.
+    pub const SERVICE_ID: u32 = 1;
+    /// The message within the service; −1 or absent means "none".
+    pub const MESSAGE_ID: u32 = 2;
+    /// Total body size of a sequence, in its first chunk.
+    pub const SEQUENCE_START: u32 = 3;
+    /// Present on every chunk of a sequence; true on the last one.
+    pub const LAST_IN_SEQUENCE: u32 = 4;
+    /// Marks a ping (on the system service).
+    pub const PING: u32 = 5;
+    /// Marks a pong (on the system service).
+    pub const PONG: u32 = 6;
+    /// API header int: asynchronous request.
+    pub const ASYNC_REQUEST: u32 = 10;
+    /// API header int: request id, copied into replies.
+    pub const REQUEST_ID: u32 = 11;
+    /// API header int: free for applications.
+    pub const USER_TAG1: u32 = 12;
+    /// API header int: free for applications.
+    pub const USER_TAG2: u32 = 13;
+    /// API header int: free for applications.
+    pub const USER_TAG3: u32 = 14;
+}
+
+/// The system service: pings and pongs, never delivered to applications.
+pub const SYSTEM_SERVICE: i32 = 126;
+/// Lowest tag of a custom header int.
+pub const CUSTOM_TAG_MIN: u32 = 10;
+/// Highest tag of a custom header int (tags from 0xFF_FFFF on are dropped by receivers).
+pub const CUSTOM_TAG_MAX: u32 = 0xFF_FFFE;
+/// How many custom header ints one header may carry. The C++ meant to cap headers at 95 items
+/// (the check never fired); real traffic uses one to three. More is a [`HeaderError::TooManyInts`].
+pub const MAX_HEADER_INTS: usize = 16;
+
+/// Custom header ints (tags 10..=0xFF_FFFE), kept sorted by tag with one value per tag, as the
+/// C++ `std::map` does. Fixed capacity: [`MAX_HEADER_INTS`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct HeaderInts {
+    len: u8,
+    items: [(u32, i32); MAX_HEADER_INTS],
+}
+
+/// Why a custom header int was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderIntError {
+    /// The tag is outside 10..=0xFF_FFFE; tags below 10 belong to the protocol.
+    TagOutOfRange(u32),
+    /// 0x7FFF_FFFF is not an "int" to the C++, so receivers would drop it.
+    ValueOutOfRange(u32),
+    /// [`MAX_HEADER_INTS`] tags are already set.
+    Full,
+}
+
+impl fmt::Display for HeaderIntError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderIntError::TagOutOfRange(t) => {
+                write!(f, "header tag {t} is outside 10..=16777214")
+            }
+            HeaderIntError::ValueOutOfRange(t) => {
+                write!(f, "header tag {t}: 2147483647 is not an int to receivers")
+            }
+            HeaderIntError::Full => write!(f, "more than {MAX_HEADER_INTS} header ints"),
+        }
+    }
+}
+
+impl core::error::Error for HeaderIntError {}
+
+impl HeaderInts {
+    /// No header ints.
+    pub const fn new() -> Self {
+        HeaderInts {
+            len: 0,
+            items: [(0, 0); MAX_HEADER_INTS],
+        }
+    }
+
+    /// Number of tags set.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether no tag is set.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `(tag, value)` pairs in ascending tag order.
+    pub fn as_slice(&self) -> &[(u32, i32)] {
+        &self.items[..self.len()]
+    }
+
+    /// `(tag, value)` pairs in ascending tag order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u32, i32)> + '_ {
+        self.as_slice().iter().copied()
+    }
+
+    /// The value of `tag`, if set.
+    pub fn get(&self, tag: u32) -> Option<i32> {
+        self.find(tag).ok().map(|i| self.items[i].1)
+    }
+
+    fn find(&self, tag: u32) -> Result<usize, usize> {
+        self.as_slice().binary_search_by_key(&tag, |&(t, _)| t)
+    }
+
+    /// Sets `tag` to `value`, replacing an earlier value.
+    pub fn set(&mut self, tag: u32, value: i32) -> Result<(), HeaderIntError> {
+        if !(CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX).contains(&tag) {
+            return Err(HeaderIntError::TagOutOfRange(tag));
+        }
+        if value == i32::MAX {
+            return Err(HeaderIntError::ValueOutOfRange(tag));
+        }
+        match self.find(tag) {
+            Ok(i) => self.items[i].1 = value,
+            Err(i) => self.insert_at(i, tag, value)?,
+        }
+        Ok(())
+    }
+
+    /// Builder form of [`HeaderInts::set`].
+    pub fn with(mut self, tag: u32, value: i32) -> Result<Self, HeaderIntError> {
+        self.set(tag, value)?;
+        Ok(self)
+    }
+
+    /// Removes `tag`; returns its value if it was set.
+    pub fn remove(&mut self, tag: u32) -> Option<i32> {
+        let i = self.find(tag).ok()?;
+        let value = self.items[i].1;
+        let len = self.len();
+        self.items.copy_within(i + 1..len, i);
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Receiver rule: the first value of a tag wins (a map insert does not overwrite).
+    fn insert_first(&mut self, tag: u32, value: i32) -> Result<(), HeaderError> {
+        if let Err(i) = self.find(tag) {
+            self.insert_at(i, tag, value)
+                .map_err(|_| HeaderError::TooManyInts)?;
+        }
+        Ok(())
+    }
+
+    fn insert_at(&mut self, i: usize, tag: u32, value: i32) -> Result<(), HeaderIntError> {
+        let len = self.len();
+        if len == MAX_HEADER_INTS {
+            return Err(HeaderIntError::Full);
+        }
+        self.items.copy_within(i..len, i + 1);
+        self.items[i] = (tag, value);
+        self.len += 1;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for HeaderInts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for HeaderInts {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let mut ints = HeaderInts::new();
+        for _ in 0..u.int_in_range(0..=4)? {
+            let tag = u.int_in_range(CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX)?;
+            let value = u.int_in_range(i32::MIN..=i32::MAX - 1)?;
+            let _ = ints.set(tag, value);
+        }
+        Ok(ints)
+    }
+}
+
+/// A message's header as the application sees it: service id, message id and custom ints.
+///
+/// `message_id` is what the wire says: `None` when the tag is absent, `Some(-1)` when it holds
+/// −1. The protocol treats both as "no message id" (see [`Header::message_id_or_minus_one`]);
+/// the C++ always writes the tag, so [`Header::service`] sets −1 and frames come out the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Header {
+    /// Service id (tag 1).
+    pub service_id: i32,
+    /// Message id (tag 2) as on the wire: `None` if the tag is absent.
+    pub message_id: Option<i32>,
+    /// Custom header ints (tags ≥ 10), such as [`tags::REQUEST_ID`].
+    pub ints: HeaderInts,
+}
+
+impl Header {
+    /// A header for `service_id` / `message_id` with no custom ints.
+    pub const fn new(service_id: i32, message_id: i32) -> Self {
+        Header {
+            service_id,
+            message_id: Some(message_id),
+            ints: HeaderInts::new(),
+        }
+    }
+
+    /// A header with a service id and no message id: −1, written as `11 01` like the C++.
+    pub const fn service(service_id: i32) -> Self {
+        Header {
+            service_id,
+            message_id: Some(-1),
+            ints: HeaderInts::new(),
+        }
+    }
+
+    /// The message id as the C++ stores it: −1 when the tag is absent.
+    pub fn message_id_or_minus_one(&self) -> i32 {
+        self.message_id.unwrap_or(-1)
+    }
+
+    /// The value of custom header int `tag`.
+    pub fn int(&self, tag: u32) -> Option<i32> {
+        self.ints.get(tag)
+    }
+
+    /// The request id (tag 11), if any.
+    pub fn request_id(&self) -> Option<i32> {
+        self.ints.get(tags::REQUEST_ID)
+    }
+
+    /// Builder: sets a custom header int.
+    pub fn with_int(mut self, tag: u32, value: i32) -> Result<Self, HeaderIntError> {
+        self.ints.set(tag, value)?;
+        Ok(self)
+    }
+}
+
+/// What kind of frame a header describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameKind {
+    /// An ordinary message (it may still carry a stray SequenceStart, which is ignored).
+    Message,
+    /// The first chunk of a sequence: LastInSequence and SequenceStart both present.
+    SequenceStart {
+        /// SequenceStart: the announced total body size (may be negative or lie).
+        total: i32,
+        /// LastInSequence: a one-chunk sequence when true.
+        last: bool,
+    },
+    /// A later chunk: LastInSequence without SequenceStart.
+    SequenceNext {
+        /// LastInSequence.
+        last: bool,
+    },
+    /// A system-service (126) frame with the Ping flag.
+    Ping,
+    /// A system-service (126) frame with a Pong flag and no Ping flag.
+    Pong,
+    /// Any other system-service frame; receivers ignore it.
+    OtherSystem,
+}
+
+/// Everything a received header says, except the custom ints (see [`ints`]), which stay in
+/// the frame's bytes so that decoding does not copy them around.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// ServiceId (tag 1).
+    pub service_id: i32,
+    /// MessageId (tag 2), `None` if absent.
+    pub message_id: Option<i32>,
+    /// SequenceStart (tag 3), if present.
+    pub sequence_start: Option<i32>,
+    /// LastInSequence (tag 4), if present.
+    pub last_in_sequence: Option<bool>,
+    /// Tag 5 was present (any value).
+    pub ping: bool,
+    /// Tag 6 was present as a bool.
+    pub pong: bool,
+    /// How many distinct custom header ints the header carries (at most [`MAX_HEADER_INTS`]).
+    pub int_count: u8,
+}
+
+impl FrameHeader {
+    /// How a receiver treats this frame (spec §4.2 and §5).
+    pub fn kind(&self) -> FrameKind {
+        if self.service_id == SYSTEM_SERVICE {
+            return if self.ping {
+                FrameKind::Ping
+            } else if self.pong {
+                FrameKind::Pong
+            } else {
+                FrameKind::OtherSystem
+            };
+        }
+        match (self.last_in_sequence, self.sequence_start) {
+            (None, _) => FrameKind::Message,
+            (Some(last), Some(total)) => FrameKind::SequenceStart { total, last },
+            (Some(last), None) => FrameKind::SequenceNext { last },
+        }
+    }
+}
+
+/// Why a header was refused. Every case closes the connection (spec §3.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// A token could not be read.
+    Cmf(CmfError),
+    /// The frame ended before a HeaderEnd (tag 0) token.
+    MissingEnd,
+    /// No ServiceId (tag 1).
+    MissingServiceId,
+    /// ServiceId, MessageId or SequenceStart (tags 1–3) is not an int.
+    NotInt {
+        /// The tag.
+        tag: u32,
+    },
+    /// LastInSequence (tag 4) is not a bool.
+    NotBool,
+    /// An int value in a reserved tag (6–9).
+    IllegalTag {
+        /// The tag.
+        tag: u32,
+    },
+    /// More than [`MAX_HEADER_INTS`] distinct custom header ints.
+    TooManyInts,
+}
+
+impl HeaderError {
+    /// A short, stable, snake_case name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HeaderError::Cmf(_) => "malformed_header",
+            HeaderError::MissingEnd => "missing_header_end",
+            HeaderError::MissingServiceId => "missing_service_id",
+            HeaderError::NotInt { .. } => "header_not_int",
+            HeaderError::NotBool => "header_not_bool",
+            HeaderError::IllegalTag { .. } => "illegal_header_tag",
+            HeaderError::TooManyInts => "too_many_header_ints",
+        }
+    }
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::Cmf(e) => write!(f, "malformed header: {e}"),
+            HeaderError::MissingEnd => write!(f, "header has no HeaderEnd inside the frame"),
+            HeaderError::MissingServiceId => write!(f, "header has no ServiceId"),
+            HeaderError::NotInt { tag } => write!(f, "header tag {tag} is not an int"),
+            HeaderError::NotBool => write!(f, "LastInSequence is not a bool"),
+            HeaderError::IllegalTag { tag } => write!(f, "int value in reserved header tag {tag}"),
+            HeaderError::TooManyInts => {
+                write!(f, "more than {MAX_HEADER_INTS} custom header ints")
+            }
+        }
+    }
+}
+
+impl core::error::Error for HeaderError {}
+
+/// Parses a header from the front of `data` (a frame without its length bytes) and returns it
+/// with its size, HeaderEnd included. Never reads outside `data` (unlike the C++, §2.2).
+///
+/// Rules (§3.4): tags 1–3 must be ints (last one wins), tag 4 a bool (last one wins), tag 5 is
+/// a ping whatever its value, int values in tags 6–9 are refused, int values in tags
+/// 10..=0xFF_FFFE are kept (first one wins; read them with [`ints`]), the rest is ignored.
+#[inline]
+pub fn parse(data: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
+    let mut reader = Reader::new(data);
+    let mut service_id = None;
+    let mut out = FrameHeader {
+        service_id: 0,
+        message_id: None,
+        sequence_start: None,
+        last_in_sequence: None,
+        ping: false,
+        pong: false,
+        int_count: 0,
+    };
+    // Only built when a custom int shows up, to count distinct tags.
+    let mut ints: Option<HeaderInts> = None;
+    loop {
+        let token = match reader.next_token() {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(HeaderError::MissingEnd),
+            Err(e) => return Err(HeaderError::Cmf(e)),
+        };
+        let int = token.value.header_int();
+        match token.tag {
+            tags::HEADER_END => break,
+            tags::SERVICE_ID => {
+                service_id = Some(int.ok_or(HeaderError::NotInt { tag: 1 })?);
+            }
+            tags::MESSAGE_ID => {
+                out.message_id = Some(int.ok_or(HeaderError::NotInt { tag: 2 })?);
+            }
+            tags::SEQUENCE_START => {
+                out.sequence_start = Some(int.ok_or(HeaderError::NotInt { tag: 3 })?);
+            }
+            tags::LAST_IN_SEQUENCE => {
+                out.last_in_sequence = Some(token.value.as_bool().ok_or(HeaderError::NotBool)?);
+            }
+            tags::PING => out.ping = true,
+            tag @ 6..=9 => {
+                // The C++ `isInt()`: any negative counts, even one too large for `header_int`.
+                if token.value.is_int() {
+                    return Err(HeaderError::IllegalTag { tag });
+                }
+                if tag == tags::PONG && matches!(token.value, Value::Bool(_)) {
+                    out.pong = true;
+                }
+            }
+            tag @ CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX => {
+                if let Some(v) = int {
+                    ints.get_or_insert_with(HeaderInts::new)
+                        .insert_first(tag, v)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    out.service_id = service_id.ok_or(HeaderError::MissingServiceId)?;
+    out.int_count = ints.map_or(0, |i| i.len() as u8);
+    Ok((out, reader.position()))
+}
+
+/// The custom header ints of a header that [`parse`] accepted (first value of a tag wins).
+pub fn ints(header: &[u8]) -> HeaderInts {
+    let mut ints = HeaderInts::new();
+    for token in Reader::new(header).map_while(Result::ok) {
+        match token.tag {
+            tags::HEADER_END => break,
+            tag @ CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX => {
+                if let Some(v) = token.value.header_int() {
+                    // Cannot fail on an accepted header: it has at most MAX_HEADER_INTS tags.
+                    let _ = ints.insert_first(tag, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    ints
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(bytes: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
+        parse(bytes)
+    }
+
+    #[test]
+    fn minimal_and_full() {
+        let (h, n) = hdr(&[0x08, 0x01, 0x04]).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(h.service_id, 1);
+        assert_eq!(h.message_id, None);
+        assert_eq!(h.int_count, 0);
+        assert_eq!(h.kind(), FrameKind::Message);
+
+        // F12: svc 1, msg −1, {11:312, 233:12521, 1111:1112}
+        let f12 = [
+            0x08, 0x01, 0x11, 0x01, 0x58, 0x81, 0x38, 0xF8, 0x80, 0x69, 0xE0, 0x69, 0xF8, 0x87,
+            0x57, 0x87, 0x58, 0x04,
+        ];
+        let (h, n) = hdr(&f12).unwrap();
+        assert_eq!(n, f12.len());
+        assert_eq!((h.service_id, h.message_id, h.int_count), (1, Some(-1), 3));
+        assert_eq!(
+            ints(&f12).as_slice(),
+            &[(11, 312), (233, 12521), (1111, 1112)]
+        );
+    }
+
+    #[test]
+    fn sequence_and_system_kinds() {
+        let first = [
+            0x08, 0x01, 0x10, 0x04, 0x58, 0x09, 0x18, 0x80, 0x9B, 0x20, 0x25, 0x04,
+        ];
+        let (h, _) = hdr(&first).unwrap();
+        assert_eq!(
+            h.kind(),
+            FrameKind::SequenceStart {
+                total: 20_000,
+                last: false
+            }
+        );
+        assert_eq!(ints(&first).get(tags::REQUEST_ID), Some(9));
+        let (h, _) = hdr(&[0x08, 0x01, 0x24, 0x04]).unwrap();
+        assert_eq!(h.kind(), FrameKind::SequenceNext { last: true });
+        let (h, _) = hdr(&[0x08, 0x7E, 0x2C, 0x04]).unwrap();
+        assert_eq!(h.kind(), FrameKind::Ping);
+        let (h, _) = hdr(&[0x08, 0x7E, 0x34, 0x04]).unwrap();
+        assert_eq!(h.kind(), FrameKind::Pong);
+        let (h, _) = hdr(&[0x08, 0x7E, 0x04]).unwrap();
+        assert_eq!(h.kind(), FrameKind::OtherSystem);
+        // Ping flag on another service: an ordinary message.
+        let (h, _) = hdr(&[0x08, 0x05, 0x2C, 0x04]).unwrap();
+        assert_eq!(h.kind(), FrameKind::Message);
+        // SequenceStart alone is ignored.
+        let (h, _) = hdr(&[0x08, 0x05, 0x18, 0x05, 0x04]).unwrap();
+        assert_eq!(h.kind(), FrameKind::Message);
+        // Ping flag with any value.
+        let (h, _) = hdr(&[0x08, 0x7E, 0x28, 0x07, 0x04]).unwrap();
+        assert!(h.ping);
+    }
+
+    #[test]
+    fn duplicates() {
+        // ServiceId twice: last wins. Custom twice: first wins.
+        let bytes = [0x08, 0x01, 0x08, 0x02, 0x58, 0x01, 0x58, 0x02, 0x04];
+        let (h, _) = hdr(&bytes).unwrap();
+        assert_eq!(h.service_id, 2);
+        assert_eq!(h.int_count, 1);
+        assert_eq!(ints(&bytes).get(tags::REQUEST_ID), Some(1));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(hdr(&[0x08, 0x01]), Err(HeaderError::MissingEnd));
+        assert_eq!(hdr(&[0x10, 0x01, 0x04]), Err(HeaderError::MissingServiceId));
+        assert_eq!(hdr(&[0x0C, 0x04]), Err(HeaderError::NotInt { tag: 1 }));
+        assert_eq!(
+            hdr(&[0x0A, 0x00, 0x04]),
+            Err(HeaderError::NotInt { tag: 1 })
+        );
+        // ServiceId 0x7FFF_FFFF is a "long".
+        assert_eq!(
+            hdr(&[0x08, 0x86, 0xFE, 0xFE, 0xFE, 0x7F, 0x04]),
+            Err(HeaderError::NotInt { tag: 1 })
+        );
+        assert_eq!(
+            hdr(&[0x08, 0x01, 0x18, 0x8E, 0xFE, 0xFE, 0xFF, 0x00, 0x04]),
+            Err(HeaderError::NotInt { tag: 3 })
+        );
+        assert_eq!(
+            hdr(&[0x08, 0x01, 0x20, 0x01, 0x04]),
+            Err(HeaderError::NotBool)
+        );
+        assert_eq!(
+            hdr(&[0x08, 0x01, 0x38, 0x01, 0x04]),
+            Err(HeaderError::IllegalTag { tag: 7 })
+        );
+        assert_eq!(
+            hdr(&[0x08, 0x01, 0x30, 0x01, 0x04]),
+            Err(HeaderError::IllegalTag { tag: 6 })
+        );
+        // A huge negative is still a C++ int.
+        assert_eq!(
+            hdr(&[0x08, 0x01, 0x49, 0x8E, 0xFE, 0xFE, 0xFE, 0x7F, 0x04]),
+            Err(HeaderError::IllegalTag { tag: 9 })
+        );
+        assert!(matches!(hdr(&[0x08, 0x01, 0x0F]), Err(HeaderError::Cmf(_))));
+    }
+
+    #[test]
+    fn ignored_items() {
+        // Non-int in 7..9, strings in custom tags, tags ≥ 0xFF_FFFF, ints in tags ≥ 0xFF_FFFF.
+        let bytes = [
+            0x08, 0x01, 0x3C, 0x42, 0x00, 0x5A, 0x01, b'x', 0xF8, 0x86, 0xFE, 0xFE, 0x7F, 0x05,
+            0x04,
+        ];
+        let (h, _) = hdr(&bytes).unwrap();
+        assert_eq!(h.int_count, 0);
+        assert!(ints(&bytes).is_empty());
+        assert_eq!(h.service_id, 1);
+        // 0xFF_FFFE is kept.
+        let bytes = [0x08, 0x01, 0xF8, 0x86, 0xFE, 0xFE, 0x7E, 0x05, 0x04];
+        hdr(&bytes).unwrap();
+        assert_eq!(ints(&bytes).get(0xFF_FFFE), Some(5));
+    }
+
+    #[test]
+    fn too_many_ints() {
+        let mut v = vec![0x08, 0x01];
+        for tag in 10..10 + MAX_HEADER_INTS as u8 + 1 {
+            v.extend_from_slice(&[0xF8, tag, 0x01]);
+        }
+        v.push(0x04);
+        assert_eq!(hdr(&v), Err(HeaderError::TooManyInts));
+        // Duplicates do not count.
+        let mut v = vec![0x08, 0x01];
+        for _ in 0..100 {
+            v.extend_from_slice(&[0x58, 0x01]);
+        }
+        v.push(0x04);
+        assert!(hdr(&v).is_ok());
+    }
+
+    #[test]
+    fn header_ints_api() {
+        let mut ints = HeaderInts::new();
+        ints.set(200, 70000).unwrap();
+        ints.set(11, 42).unwrap();
+        ints.set(30, -5).unwrap();
+        ints.set(11, 43).unwrap();
+        assert_eq!(ints.as_slice(), &[(11, 43), (30, -5), (200, 70000)]);
+        assert_eq!(ints.set(9, 1), Err(HeaderIntError::TagOutOfRange(9)));
+        assert_eq!(
+            ints.set(0xFF_FFFF, 1),
+            Err(HeaderIntError::TagOutOfRange(0xFF_FFFF))
+        );
+        assert_eq!(
+            ints.set(12, i32::MAX),
+            Err(HeaderIntError::ValueOutOfRange(12))
+        );
+        assert_eq!(ints.remove(30), Some(-5));
+        assert_eq!(ints.remove(30), None);
+        assert_eq!(ints.len(), 2);
+        for t in 0..MAX_HEADER_INTS as u32 - 2 {
+            ints.set(1000 + t, 0).unwrap();
+        }
+        assert_eq!(ints.set(99, 0), Err(HeaderIntError::Full));
+        assert_eq!(
+            format!("{:?}", HeaderInts::new().with(11, 1).unwrap()),
+            "{11: 1}"
+        );
+    }
+}
