@@ -1,0 +1,395 @@
+//! The receive side: one buffer holds frames from the moment they arrive until the application
+//! has seen them, so events borrow their bodies with no copy and memory stays bounded.
+//!
+//! `rx[start..parsed]` are validated frames not yet released (the first one, if any, is the
+//! one to deliver next); `rx[parsed..end]` is an incomplete frame. Frames are parsed (and
+//! their protocol effects applied) as soon as they are complete; delivery walks them later.
+
+use super::config::SequenceDelivery;
+use super::event::ProtocolError;
+use super::queue::Message;
+use crate::frame::{self, Frame};
+use crate::header::{FrameKind, Header};
+use crate::sequence::{SequenceError, SequenceTracker};
+use crate::storage::ByteStore;
+
+/// What a newly parsed frame means to the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Something the application will see (a message or sequence data).
+    Data,
+    /// A ping.
+    Ping,
+    /// A pong.
+    Pong,
+    /// Nothing (another system frame).
+    Nothing,
+}
+
+/// What the application sees, in arrival order.
+pub(crate) enum Delivery<'a> {
+    Message(Message<'a>),
+    SequenceStart { header: Header, total: u32 },
+    SequenceChunk(&'a [u8]),
+    SequenceEnd { received: u64 },
+}
+
+/// What to let go of at the next poll, once the application is done with the last delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    Nothing,
+    /// The frame at `start`, of this length.
+    Frame(usize),
+    /// The frame at `start` and the reassembled body.
+    Reassembled(usize),
+}
+
+pub(crate) struct Inbox<R, A> {
+    rx: R,
+    start: usize,
+    parsed: usize,
+    end: usize,
+    first_frame: bool,
+    failed: bool,
+    delivery: SequenceDelivery,
+    seq: Sequences<A>,
+    /// Chunk delivery: 0 = at a frame's start, 1 = its data next, 2 = the sequence end next.
+    step: u8,
+    walked: u64,
+    release: Release,
+    /// Deliverable frames parsed, and fully delivered, so far: other events are ordered
+    /// among deliveries by these counts.
+    parsed_count: u64,
+    released_count: u64,
+}
+
+/// Sequence state: the rules, and with reassembly the body being joined.
+struct Sequences<A> {
+    tracker: SequenceTracker,
+    reassemble: bool,
+    buf: A,
+    len: usize,
+    header: Header,
+    /// A finished body waits in `buf` to be delivered.
+    complete: bool,
+}
+
+impl<A: ByteStore> Sequences<A> {
+    /// Applies a sequence frame; returns whether it is delivered on its own.
+    fn on_frame(&mut self, frame: &Frame<'_>) -> Result<bool, ProtocolError> {
+        let Some(step) = self.tracker.on_frame(frame) else {
+            return Ok(true);
+        };
+        let step = step?;
+        if !self.reassemble {
+            return Ok(true);
+        }
+        if step.first {
+            self.len = 0;
+            self.header = step.header;
+        }
+        let end = self.len + frame.body.len();
+        // The tracker's limit is within the reassembly storage, so this only fails if the
+        // storage cannot allocate; treat that like a sequence over the limit.
+        if !self.buf.reserve(end) {
+            return Err(ProtocolError::Sequence(SequenceError::TooLarge {
+                announced: step.total,
+                limit: u32::try_from(self.buf.capacity()).unwrap_or(u32::MAX),
+            }));
+        }
+        self.buf.bytes_mut()[self.len..end].copy_from_slice(frame.body);
+        self.len = end;
+        if step.last {
+            self.complete = true;
+        }
+        Ok(step.last)
+    }
+}
+
+impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
+    pub(crate) fn new(rx: R, reasm: A, delivery: SequenceDelivery, max_sequence: u32) -> Self {
+        let limit = match delivery {
+            SequenceDelivery::Reassemble => {
+                max_sequence.min(u32::try_from(reasm.max_capacity()).unwrap_or(u32::MAX))
+            }
+            SequenceDelivery::Chunks => max_sequence,
+        };
+        Inbox {
+            rx,
+            start: 0,
+            parsed: 0,
+            end: 0,
+            first_frame: true,
+            failed: false,
+            delivery,
+            seq: Sequences {
+                tracker: SequenceTracker::new(limit),
+                reassemble: delivery == SequenceDelivery::Reassemble,
+                buf: reasm,
+                len: 0,
+                header: Header::default(),
+                complete: false,
+            },
+            step: 0,
+            walked: 0,
+            release: Release::Nothing,
+            parsed_count: 0,
+            released_count: 0,
+        }
+    }
+
+    /// Deliverable frames parsed so far.
+    pub(crate) fn parsed_count(&self) -> u64 {
+        self.parsed_count
+    }
+
+    /// Deliverable frames delivered and released so far.
+    pub(crate) fn released_count(&self) -> u64 {
+        self.released_count
+    }
+
+    /// Copies as much of `data` as fits; returns how much.
+    pub(crate) fn push(&mut self, data: &[u8]) -> usize {
+        if self.failed || data.is_empty() {
+            return 0;
+        }
+        let room = self.rx.max_capacity() - (self.end - self.start);
+        let n = data.len().min(room);
+        if n == 0 {
+            return 0;
+        }
+        if self.end + n > self.rx.capacity() && self.start > 0 {
+            self.rx.bytes_mut().copy_within(self.start..self.end, 0);
+            self.parsed -= self.start;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if !self.rx.reserve(self.end + n) {
+            return 0;
+        }
+        self.rx.bytes_mut()[self.end..self.end + n].copy_from_slice(&data[..n]);
+        self.end += n;
+        n
+    }
+
+    /// Parses the next complete frame and applies its sequence rules. `None`: no complete
+    /// frame, or delivery must catch up first (a finished sequence still waits in the
+    /// reassembly buffer), or the stream already failed.
+    pub(crate) fn parse_next(&mut self) -> Option<Result<Effect, ProtocolError>> {
+        if self.failed {
+            return None;
+        }
+        let at = self.parsed;
+        let avail = &self.rx.bytes()[at..self.end];
+        let len = match frame::peek_len(avail, self.first_frame) {
+            Ok(Some(len)) if len <= avail.len() => len,
+            Ok(_) => return None,
+            Err(e) => return Some(Err(self.fail(e.into()))),
+        };
+        let frame = match frame::parse(&avail[..len]) {
+            Ok(f) => f,
+            Err(e) => return Some(Err(self.fail(e.into()))),
+        };
+        let (effect, deliver) = match frame.header.kind() {
+            FrameKind::Message => (Effect::Data, true),
+            FrameKind::Ping => (Effect::Ping, false),
+            FrameKind::Pong => (Effect::Pong, false),
+            FrameKind::OtherSystem => (Effect::Nothing, false),
+            FrameKind::SequenceStart { .. } | FrameKind::SequenceNext { .. } => {
+                if self.seq.complete
+                    && matches!(frame.header.kind(), FrameKind::SequenceStart { .. })
+                {
+                    // The reassembly buffer still holds an undelivered message.
+                    return None;
+                }
+                match self.seq.on_frame(&frame) {
+                    Ok(deliver) => (Effect::Data, deliver),
+                    Err(e) => return Some(Err(self.fail(e))),
+                }
+            }
+        };
+        self.first_frame = false;
+        self.parsed = at + len;
+        if deliver {
+            self.parsed_count += 1;
+        } else if self.start == at {
+            self.start = self.parsed;
+        }
+        Some(Ok(effect))
+    }
+
+    fn fail(&mut self, e: ProtocolError) -> ProtocolError {
+        self.failed = true;
+        e
+    }
+
+    /// Lets go of what the last delivery borrowed.
+    pub(crate) fn release(&mut self) {
+        match core::mem::replace(&mut self.release, Release::Nothing) {
+            Release::Nothing => {}
+            Release::Frame(len) => {
+                self.start += len;
+                self.released_count += 1;
+            }
+            Release::Reassembled(len) => {
+                self.start += len;
+                self.released_count += 1;
+                self.seq.len = 0;
+                self.seq.complete = false;
+            }
+        }
+        self.skip_undelivered();
+        if self.start == self.end {
+            self.start = 0;
+            self.parsed = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Moves `start` past frames that were fully handled when parsed.
+    fn skip_undelivered(&mut self) {
+        while self.start < self.parsed && self.step == 0 {
+            let Some((kind, len)) = self.frame_at_start() else {
+                return;
+            };
+            let delivered = match kind {
+                FrameKind::Message => true,
+                FrameKind::SequenceStart { last, .. } | FrameKind::SequenceNext { last } => {
+                    self.delivery == SequenceDelivery::Chunks || last
+                }
+                _ => false,
+            };
+            if delivered {
+                return;
+            }
+            self.start += len;
+        }
+    }
+
+    fn frame_at_start(&self) -> Option<(FrameKind, usize)> {
+        let bytes = &self.rx.bytes()[self.start..self.parsed];
+        let len = frame::peek_len(bytes, false).ok().flatten()?;
+        let frame = frame::parse(bytes.get(..len)?).ok()?;
+        Some((frame.header.kind(), len))
+    }
+
+    /// The next thing to deliver; what it borrows stays until the next [`Inbox::release`].
+    pub(crate) fn next(&mut self) -> Option<Delivery<'_>> {
+        self.release();
+        if self.start >= self.parsed {
+            return None;
+        }
+        let (kind, len) = self.frame_at_start()?;
+        let at = self.start;
+        let reassemble = self.delivery == SequenceDelivery::Reassemble;
+        match kind {
+            FrameKind::Message => {
+                self.release = Release::Frame(len);
+                let frame = frame::parse(&self.rx.bytes()[at..at + len]).ok()?;
+                Some(Delivery::Message(Message {
+                    header: frame.message_header(),
+                    body: frame.body,
+                }))
+            }
+            FrameKind::SequenceStart { .. } | FrameKind::SequenceNext { .. } if reassemble => {
+                self.release = Release::Reassembled(len);
+                Some(Delivery::Message(Message {
+                    header: self.seq.header,
+                    body: &self.seq.buf.bytes()[..self.seq.len],
+                }))
+            }
+            FrameKind::SequenceStart { last, .. } => self.chunk_step(at, len, true, last),
+            FrameKind::SequenceNext { last } => self.chunk_step(at, len, false, last),
+            _ => {
+                // Not reached: `release` leaves only deliverable frames at `start`.
+                self.release = Release::Frame(len);
+                None
+            }
+        }
+    }
+
+    fn chunk_step(
+        &mut self,
+        at: usize,
+        len: usize,
+        first: bool,
+        last: bool,
+    ) -> Option<Delivery<'_>> {
+        let frame = frame::parse(&self.rx.bytes()[at..at + len]).ok()?;
+        match self.step {
+            0 if first => {
+                self.step = 1;
+                self.walked = 0;
+                let total = u32::try_from(frame.header.sequence_start.unwrap_or(0)).unwrap_or(0);
+                Some(Delivery::SequenceStart {
+                    header: frame.message_header(),
+                    total,
+                })
+            }
+            0 | 1 => {
+                self.walked += frame.body.len() as u64;
+                if last {
+                    self.step = 2;
+                } else {
+                    self.step = 0;
+                    self.release = Release::Frame(len);
+                }
+                Some(Delivery::SequenceChunk(frame.body))
+            }
+            _ => {
+                self.step = 0;
+                self.release = Release::Frame(len);
+                Some(Delivery::SequenceEnd {
+                    received: self.walked,
+                })
+            }
+        }
+    }
+
+    /// Whether [`Inbox::next`] has something to deliver.
+    pub(crate) fn has_delivery(&self) -> bool {
+        self.start < self.parsed
+    }
+
+    /// Drops everything received (after a local close).
+    pub(crate) fn clear(&mut self) {
+        self.start = 0;
+        self.parsed = 0;
+        self.end = 0;
+        self.step = 0;
+        self.release = Release::Nothing;
+        self.released_count = self.parsed_count;
+        self.failed = true;
+        self.seq.len = 0;
+        self.seq.complete = false;
+        self.seq.tracker.reset();
+    }
+
+    /// Whether delivered and received data is all gone.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.end == 0 && self.seq.len == 0 && self.seq.tracker.open_header().is_none()
+    }
+
+    /// Gives memory back when idle.
+    pub(crate) fn release_if_idle(&mut self) {
+        if self.is_idle() {
+            self.rx.release();
+            self.seq.buf.release();
+        }
+    }
+
+    /// Bytes of memory that [`Inbox::release_if_idle`] could give back.
+    pub(crate) fn releasable(&self) -> usize {
+        self.rx.releasable() + self.seq.buf.releasable()
+    }
+
+    /// Bytes of memory the receive buffer could give back.
+    pub(crate) fn rx_releasable(&self) -> usize {
+        self.rx.releasable()
+    }
+
+    /// Stops parsing (the connection closed); what was parsed can still be delivered.
+    pub(crate) fn stop(&mut self) {
+        self.failed = true;
+    }
+}

@@ -1,0 +1,818 @@
+//! One TCP stream speaking the protocol, as a state machine with no I/O.
+//!
+//! Feed it what happens ([`Connection::handle_input`], [`Connection::handle_eof`],
+//! [`Connection::handle_timeout`], [`Connection::handle_connected`]), tell it what the
+//! application wants ([`Connection::send`], [`Connection::close`], [`Connection::punish`]), and
+//! do what it asks ([`Connection::poll_transmit`], [`Connection::poll_timeout`],
+//! [`Connection::poll_event`]). The order of calls does not matter: extra or early calls do
+//! nothing, and pending output waits. See the crate documentation for the run loop.
+
+mod config;
+mod event;
+mod inbox;
+mod queue;
+#[cfg(test)]
+mod tests;
+mod timer;
+
+pub use config::{Config, Points, SequenceDelivery};
+pub use event::{CloseReason, Event, Misbehaviour, ProtocolError, Stats};
+#[cfg(feature = "alloc")]
+pub use queue::EncodedMessage;
+pub use queue::{Message, Priority, QueueEntry, SendError};
+pub use timer::Timer;
+
+use crate::frame::{FrameEncoder, MAX_FRAME_LEN, PING_FRAME, PONG_FRAME};
+use crate::header::SYSTEM_SERVICE;
+use crate::storage::{DefaultStorage, Storage};
+use crate::time::Instant;
+use core::time::Duration;
+use inbox::{Delivery, Effect, Inbox};
+use queue::{OutQueue, Refused};
+use timer::TimerTable;
+
+/// Which end of the TCP connection this is. It decides who pings (spec §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
+pub enum Role {
+    /// We opened the connection (a client): we ping.
+    Connecting,
+    /// We accepted it (a server): we expect pings and answer with pongs.
+    Accepting,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Connecting side before the TCP connection is up: messages queue, nothing is sent.
+    Connecting,
+    Established,
+    Closed(CloseReason),
+}
+
+/// Where the transmit cursor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Ping,
+    Pong,
+    High,
+    Normal,
+}
+
+/// A small queue of events that are not received data.
+const NOTICES: usize = 8;
+/// Parsing pauses while fewer notice slots than this are free, so a burst of misbehaviour
+/// cannot overflow the notice queue.
+const NOTICE_RESERVE: usize = 2;
+/// Pongs owed to a ping flood are capped; the extra pings are counted as misbehaviour.
+const MAX_OWED_PONGS: u8 = 8;
+/// The most bytes one [`Connection::poll_transmit`] hands out, so a high-priority frame waits
+/// for at most one such batch (the C++ batches 250 KiB).
+const MAX_BATCH: usize = 256 * 1024;
+
+/// The messages a closed connection did not finish sending, to queue on the next connection.
+///
+/// Messages that were partly transmitted start again from their first byte: delivery is
+/// at-least-once across a reconnect (spec §13.8).
+pub struct Outbox<S: Storage = DefaultStorage> {
+    high: OutQueue<S::TxHigh, S::Queue>,
+    normal: OutQueue<S::Tx, S::Queue>,
+}
+
+impl<S: Storage> Outbox<S> {
+    /// An empty outbox with room as `config` says.
+    pub fn new(config: &Config) -> Self {
+        Outbox {
+            high: OutQueue::new(
+                S::tx_high(config.high_queue_bytes.get()),
+                S::queue(config.high_queue_len.get()),
+                config.high_queue_len.get(),
+            ),
+            normal: OutQueue::new(
+                S::tx(config.normal_queue_bytes.get()),
+                S::queue(config.normal_queue_len.get()),
+                config.normal_queue_len.get(),
+            ),
+        }
+    }
+
+    /// Messages waiting: `(high priority, normal)`.
+    pub fn len(&self) -> (usize, usize) {
+        (self.high.len(), self.normal.len())
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.high.is_empty() && self.normal.is_empty()
+    }
+
+    /// Bytes waiting.
+    pub fn pending_bytes(&self) -> usize {
+        self.high.pending_bytes() + self.normal.pending_bytes()
+    }
+}
+
+impl<S: Storage> core::fmt::Debug for Outbox<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("messages", &self.len())
+            .field("bytes", &self.pending_bytes())
+            .finish()
+    }
+}
+
+/// Heap memory held by a connection's buffers, by buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapUsage {
+    /// The receive buffer (at most [`Config::receive_buffer`]).
+    pub receive: usize,
+    /// Sequence reassembly (at most [`Config::max_sequence_size`]).
+    pub reassembly: usize,
+    /// The high-priority queue (at most [`Config::high_queue_bytes`]).
+    pub high_queue: usize,
+    /// The normal queue (at most [`Config::normal_queue_bytes`]).
+    pub normal_queue: usize,
+}
+
+impl HeapUsage {
+    /// All of it.
+    pub fn total(&self) -> usize {
+        self.receive + self.reassembly + self.high_queue + self.normal_queue
+    }
+}
+
+/// An event that is not received data (small, so the notice queue stays small).
+#[derive(Clone, Copy, Debug)]
+enum Notice {
+    Connected,
+    Pong(Duration),
+    Misbehaved(Misbehaviour, u32, u32),
+}
+
+impl Notice {
+    fn event(self) -> Event<'static> {
+        match self {
+            Notice::Connected => Event::Connected,
+            Notice::Pong(rtt) => Event::Pong { rtt },
+            Notice::Misbehaved(kind, points, score) => Event::Misbehaved {
+                kind,
+                points,
+                score,
+            },
+        }
+    }
+}
+
+/// The misbehaviour score, decaying over time.
+#[derive(Clone, Copy, Debug)]
+struct Score {
+    points: u32,
+    since: Instant,
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+impl Score {
+    /// The score at `now`, without updating it.
+    fn at(mut self, now: Instant, per_hour: u32) -> u32 {
+        self.decay(now, per_hour);
+        self.points
+    }
+
+    fn decay(&mut self, now: Instant, per_hour: u32) {
+        let elapsed = now.as_millis().saturating_sub(self.since.as_millis());
+        if per_hour == 0 || self.points == 0 {
+            self.since = now;
+            return;
+        }
+        let lost = elapsed.saturating_mul(u64::from(per_hour)) / HOUR_MS;
+        if lost > 0 {
+            self.points = self
+                .points
+                .saturating_sub(u32::try_from(lost).unwrap_or(u32::MAX));
+            // Keep the remainder, so frequent updates decay as fast as rare ones.
+            self.since =
+                Instant::from_millis(self.since.as_millis() + lost * HOUR_MS / u64::from(per_hour));
+        }
+    }
+}
+
+/// One protocol connection. See the [module documentation](self).
+///
+/// `S` chooses where its buffers live: [`Heap`](crate::storage::Heap) (with `alloc`, the
+/// default) or [`Fixed`](crate::storage::Fixed) arrays.
+pub struct Connection<S: Storage = DefaultStorage> {
+    config: Config,
+    role: Role,
+    state: State,
+    closed_reported: bool,
+    now: Instant,
+    timers: TimerTable,
+    inbox: Inbox<S::Rx, S::Reassembly>,
+    outbox: Outbox<S>,
+    encoder: FrameEncoder,
+    source: Option<Source>,
+    frame_left: usize,
+    returned: usize,
+    ping_pending: bool,
+    pongs_owed: u8,
+    ping_sent_at: Option<Instant>,
+    ping_window: (Instant, u32),
+    /// Events that are not received data, each with the number of deliveries that come
+    /// before it, so events stay in the order things happened.
+    notices: heapless::Deque<(u64, Notice), NOTICES>,
+    score: Score,
+    stats: Stats,
+}
+
+impl<S: Storage> core::fmt::Debug for Connection<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("now", &self.now)
+            .field("timers", &self.timers)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `now + d`, at least one millisecond later, so a deadline set while handling a timeout is
+/// never due at once.
+fn after(now: Instant, d: Duration) -> Instant {
+    now + d.max(Duration::from_millis(1))
+}
+
+impl<S: Storage> Connection<S> {
+    /// The connecting side, before its TCP connection is up. Messages sent now wait until
+    /// [`Connection::handle_connected`].
+    pub fn connecting(now: Instant, config: Config) -> Self {
+        Self::with_outbox(now, Role::Connecting, config, Outbox::new(&config))
+    }
+
+    /// The accepting side of a connection just accepted.
+    pub fn accepted(now: Instant, config: Config) -> Self {
+        Self::with_outbox(now, Role::Accepting, config, Outbox::new(&config))
+    }
+
+    /// A connection that starts with messages left by an earlier one (see
+    /// [`Connection::take_outbox`]).
+    pub fn with_outbox(now: Instant, role: Role, config: Config, outbox: Outbox<S>) -> Self {
+        let inbox = Inbox::new(
+            S::rx(config.receive_buffer.get().max(MAX_FRAME_LEN)),
+            S::reassembly(config.max_sequence_size.get() as usize),
+            config.sequence_delivery,
+            config.max_sequence_size.get(),
+        );
+        let mut conn = Connection {
+            config,
+            role,
+            state: State::Connecting,
+            closed_reported: false,
+            now,
+            timers: TimerTable::default(),
+            inbox,
+            outbox,
+            encoder: FrameEncoder::with_chunk_size(config.chunk_size.get()),
+            source: None,
+            frame_left: 0,
+            returned: 0,
+            ping_pending: false,
+            pongs_owed: 0,
+            ping_sent_at: None,
+            ping_window: (now, 0),
+            notices: heapless::Deque::new(),
+            score: Score {
+                points: 0,
+                since: now,
+            },
+            stats: Stats::default(),
+        };
+        if role == Role::Accepting {
+            conn.state = State::Established;
+            conn.timers
+                .set(Timer::PingDeadline, after(now, config.first_ping_timeout));
+            if let Some(window) = config.introduction_timeout {
+                conn.timers.set(Timer::Introduction, after(now, window));
+            }
+        }
+        conn
+    }
+
+    /// Which end this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the TCP connection is up and the connection not closed.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// Why it closed, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self.state {
+            State::Closed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether it is closed (the [`Event::Closed`] may still wait to be polled).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed(_))
+    }
+
+    /// Bytes of heap memory its buffers hold now (0 with [`Fixed`](crate::storage::Fixed)
+    /// storage, whose memory is part of the connection itself).
+    pub fn heap_usage(&self) -> HeapUsage {
+        HeapUsage {
+            receive: self.inbox.rx_releasable(),
+            reassembly: self.inbox.releasable() - self.inbox.rx_releasable(),
+            high_queue: self.outbox.high.releasable(),
+            normal_queue: self.outbox.normal.releasable(),
+        }
+    }
+
+    /// Counters and queue lengths.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats;
+        stats.queued_high = self.outbox.high.len();
+        stats.queued_normal = self.outbox.normal.len();
+        stats.queued_bytes = self.outbox.pending_bytes();
+        stats.score = self.score.at(self.now, self.config.score_decay_per_hour);
+        stats
+    }
+
+    fn update_clock(&mut self, now: Instant) -> Instant {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+
+    /// Input: the connecting side's TCP connection is up. Starts the ping timer and lets
+    /// queued messages go out.
+    pub fn handle_connected(&mut self, now: Instant) {
+        let now = self.update_clock(now);
+        if self.state != State::Connecting {
+            return;
+        }
+        self.state = State::Established;
+        self.timers
+            .set(Timer::Ping, after(now, self.config.ping_interval));
+        self.notice(Notice::Connected);
+    }
+
+    /// Input: bytes from the peer. Returns how many were taken; fewer than offered means the
+    /// receive buffer is full of data the application has not polled yet (backpressure): poll
+    /// events, then offer the rest again. After the connection closed, everything is taken and
+    /// ignored.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> usize {
+        let now = self.update_clock(now);
+        if self.is_closed() {
+            return data.len();
+        }
+        if self.state == State::Connecting {
+            // Data can only come over an established TCP connection.
+            self.handle_connected(now);
+        }
+        let mut taken = 0;
+        loop {
+            let n = self.inbox.push(&data[taken..]);
+            taken += n;
+            self.stats.bytes_in += n as u64;
+            self.process_input(now);
+            if n == 0 || taken == data.len() || self.is_closed() {
+                break;
+            }
+        }
+        taken
+    }
+
+    /// Parses complete frames and applies what they mean.
+    fn process_input(&mut self, now: Instant) {
+        while !self.is_closed() && self.notices.capacity() - self.notices.len() > NOTICE_RESERVE {
+            let Some(result) = self.inbox.parse_next() else {
+                break;
+            };
+            let effect = match result {
+                Ok(effect) => effect,
+                Err(error) => {
+                    self.misbehave(now, Misbehaviour::of(&error), None);
+                    self.close_with(now, CloseReason::Protocol(error));
+                    break;
+                }
+            };
+            self.stats.frames_in += 1;
+            match effect {
+                Effect::Data => self.timers.clear(Timer::Introduction),
+                Effect::Ping => self.on_ping(now),
+                Effect::Pong => self.on_pong(now),
+                Effect::Nothing => {}
+            }
+        }
+    }
+
+    fn on_ping(&mut self, now: Instant) {
+        if self.role == Role::Connecting {
+            self.misbehave(now, Misbehaviour::PingedClient, None);
+            self.close_with(now, CloseReason::PeerPinged);
+            return;
+        }
+        self.timers
+            .set(Timer::PingDeadline, after(now, self.config.ping_timeout));
+        let (start, count) = &mut self.ping_window;
+        if now.saturating_duration_since(*start) >= Duration::from_secs(60) {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        if *count > self.config.max_pings_per_minute.get() {
+            self.misbehave(now, Misbehaviour::PingFlood, None);
+        } else if self.pongs_owed < MAX_OWED_PONGS {
+            self.pongs_owed += 1;
+        }
+    }
+
+    fn on_pong(&mut self, now: Instant) {
+        if self.role != Role::Connecting {
+            return;
+        }
+        if let Some(sent) = self.ping_sent_at.take() {
+            let rtt = now.saturating_duration_since(sent);
+            self.stats.last_rtt = Some(rtt);
+            self.timers.clear(Timer::PongDeadline);
+            self.notice(Notice::Pong(rtt));
+        }
+    }
+
+    /// Input: the peer closed the stream or it broke. Messages already received are still
+    /// delivered, then [`Event::Closed`] with [`CloseReason::Eof`].
+    pub fn handle_eof(&mut self, now: Instant) {
+        let now = self.update_clock(now);
+        if !self.is_closed() {
+            self.close_with(now, CloseReason::Eof);
+        }
+    }
+
+    /// Input: the clock reached [`Connection::poll_timeout`] (earlier or extra calls are
+    /// harmless). Afterwards `poll_timeout` is `None` or later than `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.update_clock(now);
+        while let Some(timer) = self.timers.pop_expired(now) {
+            match timer {
+                Timer::Ping => self.send_ping(now),
+                Timer::PongDeadline => self.close_with(now, CloseReason::PongTimeout),
+                Timer::PingDeadline => {
+                    self.misbehave(now, Misbehaviour::Silent, None);
+                    self.close_with(now, CloseReason::PingTimeout);
+                }
+                Timer::Introduction => {
+                    self.misbehave(now, Misbehaviour::Silent, None);
+                    self.close_with(now, CloseReason::IntroductionTimeout);
+                }
+                Timer::ReleaseBuffers => self.release_idle_buffers(),
+            }
+        }
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        if self.state != State::Established || self.role != Role::Connecting {
+            return;
+        }
+        self.ping_pending = true;
+        if self.ping_sent_at.is_none() {
+            self.ping_sent_at = Some(now);
+        }
+        if let Some(timeout) = self.config.pong_timeout {
+            if self.timers.get(Timer::PongDeadline).is_none() {
+                self.timers.set(Timer::PongDeadline, after(now, timeout));
+            }
+        }
+        self.timers
+            .set(Timer::Ping, after(now, self.config.ping_interval));
+    }
+
+    fn release_idle_buffers(&mut self) {
+        self.inbox.release_if_idle();
+        if self.source.is_none() {
+            self.outbox.high.release_if_empty();
+            self.outbox.normal.release_if_empty();
+        }
+    }
+
+    /// Arms the buffer release timer when idle buffers hold heap memory.
+    fn schedule_release(&mut self) {
+        if self.is_closed() || self.timers.get(Timer::ReleaseBuffers).is_some() {
+            return;
+        }
+        let idle_in = if self.inbox.is_idle() {
+            self.inbox.releasable()
+        } else {
+            0
+        };
+        let idle_out = [
+            (self.outbox.high.is_empty(), self.outbox.high.releasable()),
+            (
+                self.outbox.normal.is_empty(),
+                self.outbox.normal.releasable(),
+            ),
+        ]
+        .iter()
+        .filter(|(empty, _)| *empty)
+        .map(|(_, n)| n)
+        .sum::<usize>();
+        if idle_in + idle_out > 0 {
+            self.timers.set(
+                Timer::ReleaseBuffers,
+                after(self.now, self.config.release_idle_buffers_after),
+            );
+        }
+    }
+
+    /// Command: queue a message. Bodies above the chunk size go out as a sequence (normal
+    /// priority only). Errors give the message back and change nothing.
+    // The error is as large as the message because it gives the message back, by design.
+    #[allow(clippy::result_large_err)]
+    pub fn send<'a>(
+        &mut self,
+        now: Instant,
+        message: Message<'a>,
+        priority: Priority,
+    ) -> Result<(), SendError<Message<'a>>> {
+        self.update_clock(now);
+        if self.is_closed() {
+            return Err(SendError::Closed(message));
+        }
+        if message.header.service_id == SYSTEM_SERVICE {
+            return Err(SendError::Invalid(
+                message,
+                crate::frame::EncodeError::InvalidServiceId(SYSTEM_SERVICE),
+            ));
+        }
+        let result = match priority {
+            Priority::High if message.body.len() > self.encoder.chunk_size() => {
+                Err(Refused::TooLarge)
+            }
+            Priority::High => self
+                .outbox
+                .high
+                .push(&self.encoder, &message.header, message.body),
+            Priority::Normal => {
+                self.outbox
+                    .normal
+                    .push(&self.encoder, &message.header, message.body)
+            }
+        };
+        result.map_err(|refused| match refused {
+            Refused::Full => SendError::QueueFull(message),
+            Refused::TooLarge => SendError::TooLarge(message),
+            Refused::Invalid(e) => SendError::Invalid(message, e),
+        })
+    }
+
+    /// Command: queue a message encoded once for many connections (no copy).
+    #[cfg(feature = "alloc")]
+    pub fn send_encoded(
+        &mut self,
+        now: Instant,
+        message: &EncodedMessage,
+        priority: Priority,
+    ) -> Result<(), SendError<EncodedMessage>> {
+        self.update_clock(now);
+        if self.is_closed() {
+            return Err(SendError::Closed(message.clone()));
+        }
+        let result = match priority {
+            Priority::High if !message.is_single_frame() => Err(Refused::TooLarge),
+            Priority::High => self.outbox.high.push_shared(message),
+            Priority::Normal => self.outbox.normal.push_shared(message),
+        };
+        result.map_err(|refused| match refused {
+            Refused::TooLarge => SendError::TooLarge(message.clone()),
+            _ => SendError::QueueFull(message.clone()),
+        })
+    }
+
+    /// Command: close now. Received data not yet polled is dropped; the next event is
+    /// [`Event::Closed`] with [`CloseReason::Local`]. Queued messages stay in the outbox.
+    pub fn close(&mut self, now: Instant) {
+        let now = self.update_clock(now);
+        if self.is_closed() {
+            return;
+        }
+        self.inbox.clear();
+        self.notices.clear();
+        self.close_with(now, CloseReason::Local);
+    }
+
+    /// Command: add misbehaviour points from the application (e.g. for a bad request). At the
+    /// ban threshold the connection closes with [`CloseReason::Banned`].
+    pub fn punish(&mut self, points: u32) {
+        let now = self.now;
+        self.misbehave(now, Misbehaviour::Application, Some(points));
+    }
+
+    fn misbehave(&mut self, now: Instant, kind: Misbehaviour, points: Option<u32>) {
+        let points = points.unwrap_or_else(|| self.config.points.of(kind));
+        if points == 0 {
+            return;
+        }
+        self.score.decay(now, self.config.score_decay_per_hour);
+        self.score.points = self.score.points.saturating_add(points);
+        let score = self.score.points;
+        self.notice(Notice::Misbehaved(kind, points, score));
+        if score >= self.config.ban_threshold.get() && !self.is_closed() {
+            // Nothing more from a banned peer reaches the application.
+            self.inbox.clear();
+            self.close_with(now, CloseReason::Banned);
+        }
+    }
+
+    fn notice(&mut self, event: Notice) {
+        // Parsing keeps NOTICE_RESERVE slots free, so only a flood of timer events could fill
+        // the queue; the score and the close still count in that case.
+        let _ = self.notices.push_back((self.inbox.parsed_count(), event));
+    }
+
+    fn close_with(&mut self, _now: Instant, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
+        self.state = State::Closed(reason);
+        self.inbox.stop();
+        self.timers.clear_all();
+        self.source = None;
+        self.frame_left = 0;
+        self.returned = 0;
+        self.ping_pending = false;
+        self.pongs_owed = 0;
+    }
+
+    /// Output: bytes to write to the socket, or `None`. Frames of many messages come as one
+    /// slice; write what you can and report it with [`Connection::consume_transmit`].
+    pub fn poll_transmit(&mut self) -> Option<&[u8]> {
+        if self.state != State::Established {
+            return None;
+        }
+        if self.frame_left == 0 {
+            self.source = self.next_source();
+            let first = match self.source? {
+                Source::Ping | Source::Pong => PING_FRAME.len(),
+                Source::High => frame_len(self.outbox.high.unsent()),
+                Source::Normal => frame_len(self.outbox.normal.unsent()),
+            };
+            self.frame_left = first;
+        }
+        let source = self.source?;
+        let (data, more_urgent) = match source {
+            Source::Ping => (&PING_FRAME[PING_FRAME.len() - self.frame_left..], false),
+            Source::Pong => (&PONG_FRAME[PONG_FRAME.len() - self.frame_left..], false),
+            Source::High => (
+                self.outbox.high.unsent(),
+                self.ping_pending || self.pongs_owed > 0,
+            ),
+            Source::Normal => (
+                self.outbox.normal.unsent(),
+                self.ping_pending || self.pongs_owed > 0 || !self.outbox.high.is_empty(),
+            ),
+        };
+        // With something more urgent waiting, stop at the end of the current frame.
+        let len = if more_urgent {
+            self.frame_left
+        } else {
+            data.len().min(MAX_BATCH)
+        };
+        self.returned = len;
+        Some(&data[..len])
+    }
+
+    fn next_source(&self) -> Option<Source> {
+        if self.ping_pending {
+            Some(Source::Ping)
+        } else if self.pongs_owed > 0 {
+            Some(Source::Pong)
+        } else if !self.outbox.high.is_empty() {
+            Some(Source::High)
+        } else if !self.outbox.normal.is_empty() {
+            Some(Source::Normal)
+        } else {
+            None
+        }
+    }
+
+    /// Input: `n` bytes of the last [`Connection::poll_transmit`] were written.
+    pub fn consume_transmit(&mut self, n: usize) {
+        let mut n = n.min(self.returned);
+        self.returned -= n;
+        self.stats.bytes_out += n as u64;
+        while n > 0 {
+            let Some(source) = self.source else {
+                break;
+            };
+            let take = n.min(self.frame_left);
+            n -= take;
+            self.frame_left -= take;
+            let done = match source {
+                Source::Ping | Source::Pong => 0,
+                Source::High => self.outbox.high.advance(take),
+                Source::Normal => self.outbox.normal.advance(take),
+            };
+            self.stats.messages_out += done as u64;
+            if self.frame_left > 0 {
+                break;
+            }
+            self.stats.frames_out += 1;
+            match source {
+                Source::Ping => self.ping_pending = false,
+                Source::Pong => self.pongs_owed -= 1,
+                // The written batch goes on into the next frame of the same queue.
+                Source::High if n > 0 => self.frame_left = frame_len(self.outbox.high.unsent()),
+                Source::Normal if n > 0 => self.frame_left = frame_len(self.outbox.normal.unsent()),
+                Source::High | Source::Normal => {}
+            }
+            if self.frame_left == 0 {
+                self.source = None;
+            }
+        }
+        if self.source.is_none() && self.outbox.is_empty() {
+            self.schedule_release();
+        }
+    }
+
+    /// Output: when [`Connection::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Output: the next event. What it borrows stays valid until the next call. After
+    /// [`Event::Closed`] it returns `None` for good.
+    pub fn poll_event(&mut self) -> Option<Event<'_>> {
+        self.inbox.release();
+        if !self.is_closed() {
+            // Frames held back for backpressure can go on now.
+            self.process_input(self.now);
+        }
+        let released = self.inbox.released_count();
+        let delivery_due = self.inbox.has_delivery();
+        match self.notices.front() {
+            Some(&(after, notice)) if after <= released || !delivery_due => {
+                self.notices.pop_front();
+                return Some(notice.event());
+            }
+            _ => {}
+        }
+        // Two steps, so the borrow of the inbox only lives on the path that returns it.
+        if delivery_due {
+            let stats = &mut self.stats;
+            return self.inbox.next().map(|d| match d {
+                Delivery::Message(m) => {
+                    stats.messages_in += 1;
+                    Event::Message(m)
+                }
+                Delivery::SequenceStart { header, total } => Event::SequenceStart { header, total },
+                Delivery::SequenceChunk(data) => Event::SequenceChunk(data),
+                Delivery::SequenceEnd { received } => {
+                    stats.messages_in += 1;
+                    Event::SequenceEnd { received }
+                }
+            });
+        }
+        if self.inbox.is_idle() {
+            self.schedule_release();
+        }
+        match self.state {
+            State::Closed(reason) if !self.closed_reported => {
+                self.closed_reported = true;
+                Some(Event::Closed { reason })
+            }
+            _ => None,
+        }
+    }
+
+    /// Once closed: takes the messages that were not (fully) sent, to give to the next
+    /// connection ([`Connection::with_outbox`]). Partly sent ones start over. `None` while the
+    /// connection is open (its queues are in use).
+    pub fn take_outbox(&mut self) -> Option<Outbox<S>> {
+        if !self.is_closed() {
+            return None;
+        }
+        let mut outbox = core::mem::replace(&mut self.outbox, Outbox::new(&self.config));
+        outbox.high.rewind();
+        outbox.normal.rewind();
+        Some(outbox)
+    }
+}
+
+/// Length of the frame at the front of encoded frames (0 if there are none).
+fn frame_len(frames: &[u8]) -> usize {
+    match frames {
+        [lo, hi, ..] => usize::from(u16::from_le_bytes([*lo, *hi])),
+        _ => 0,
+    }
+}

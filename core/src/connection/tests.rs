@@ -1,0 +1,591 @@
+//! Scripted tests of one connection pair, with explicit timestamps.
+
+use super::*;
+use crate::frame::FrameEncoder;
+use crate::header::Header;
+use crate::sequence::SequenceError;
+use crate::storage::{Fixed, Heap};
+use std::vec::Vec;
+
+fn t(secs: u64) -> Instant {
+    Instant::from_secs(secs)
+}
+
+/// An owned copy of an event, for assertions.
+#[derive(Clone, Debug, PartialEq)]
+enum Ev {
+    Connected,
+    Message(Header, Vec<u8>),
+    SeqStart(Header, u32),
+    SeqChunk(usize),
+    SeqEnd(u64),
+    Pong(Duration),
+    Misbehaved(Misbehaviour, u32, u32),
+    Closed(CloseReason),
+}
+
+fn drain<S: Storage>(c: &mut Connection<S>) -> Vec<Ev> {
+    let mut out = Vec::new();
+    while let Some(e) = c.poll_event() {
+        out.push(match e {
+            Event::Connected => Ev::Connected,
+            Event::Message(m) => Ev::Message(m.header, m.body.to_vec()),
+            Event::SequenceStart { header, total } => Ev::SeqStart(header, total),
+            Event::SequenceChunk(d) => Ev::SeqChunk(d.len()),
+            Event::SequenceEnd { received } => Ev::SeqEnd(received),
+            Event::Pong { rtt } => Ev::Pong(rtt),
+            Event::Misbehaved {
+                kind,
+                points,
+                score,
+            } => Ev::Misbehaved(kind, points, score),
+            Event::Closed { reason } => Ev::Closed(reason),
+        });
+    }
+    out
+}
+
+/// Everything `from` wants to send, written in one go.
+fn take_tx<S: Storage>(from: &mut Connection<S>) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(data) = from.poll_transmit() {
+        let n = data.len();
+        out.extend_from_slice(data);
+        from.consume_transmit(n);
+    }
+    out
+}
+
+/// Moves bytes both ways until both sides are quiet, polling events in between.
+fn pump<A: Storage, B: Storage>(
+    now: Instant,
+    a: &mut Connection<A>,
+    b: &mut Connection<B>,
+) -> (Vec<Ev>, Vec<Ev>) {
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    for _ in 0..10_000 {
+        let ab = take_tx(a);
+        let ba = take_tx(b);
+        feed(now, b, &ab, &mut eb);
+        feed(now, a, &ba, &mut ea);
+        ea.extend(drain(a));
+        eb.extend(drain(b));
+        if ab.is_empty() && ba.is_empty() {
+            return (ea, eb);
+        }
+    }
+    panic!("pump did not settle");
+}
+
+fn feed<S: Storage>(now: Instant, c: &mut Connection<S>, mut data: &[u8], events: &mut Vec<Ev>) {
+    while !data.is_empty() {
+        let n = c.handle_input(now, data);
+        data = &data[n..];
+        if n == 0 {
+            events.extend(drain(c));
+        }
+    }
+}
+
+fn pair(config: Config) -> (Connection<Heap>, Connection<Heap>) {
+    let mut client = Connection::connecting(t(0), config);
+    let server = Connection::accepted(t(0), config);
+    client.handle_connected(t(0));
+    assert_eq!(drain(&mut client), vec![Ev::Connected]);
+    (client, server)
+}
+
+fn msg(svc: i32, id: i32, body: &[u8]) -> Message<'_> {
+    Message::new(Header::new(svc, id), body)
+}
+
+#[test]
+fn messages_flow_both_ways() {
+    let (mut c, mut s) = pair(Config::default());
+    let header = Header::new(3, 2).with_int(11, 7).unwrap();
+    c.send(t(0), Message::new(header, b"\x12\x02qz"), Priority::Normal)
+        .unwrap();
+    let (_, es) = pump(t(0), &mut c, &mut s);
+    assert_eq!(es, vec![Ev::Message(header, b"\x12\x02qz".to_vec())]);
+    s.send(t(0), msg(3, 3, b"reply"), Priority::Normal).unwrap();
+    let (ec, _) = pump(t(0), &mut c, &mut s);
+    assert_eq!(ec, vec![Ev::Message(Header::new(3, 3), b"reply".to_vec())]);
+    let st = c.stats();
+    assert_eq!((st.messages_out, st.messages_in, st.frames_out), (1, 1, 1));
+}
+
+#[test]
+fn exact_bytes_on_the_wire() {
+    let mut c: Connection = Connection::connecting(t(0), Config::default());
+    c.send(
+        t(0),
+        Message::new(Header::service(3), b"\x0c"),
+        Priority::Normal,
+    )
+    .unwrap();
+    // Nothing leaves before the TCP connection is up.
+    assert_eq!(c.poll_transmit(), None);
+    c.handle_connected(t(1));
+    assert_eq!(
+        take_tx(&mut c),
+        [0x08, 0x00, 0x08, 0x03, 0x11, 0x01, 0x04, 0x0C]
+    );
+}
+
+#[test]
+fn client_pings_every_90s_and_measures_rtt() {
+    let (mut c, mut s) = pair(Config::default());
+    assert_eq!(c.poll_timeout(), Some(t(90)));
+    c.handle_timeout(t(89));
+    assert!(c.poll_transmit().is_none());
+    c.handle_timeout(t(90));
+    assert_eq!(c.poll_transmit(), Some(&PING_FRAME[..]));
+    c.consume_transmit(6);
+    s.handle_input(t(90), &PING_FRAME);
+    assert_eq!(take_tx(&mut s), PONG_FRAME);
+    c.handle_input(Instant::from_millis(90_250), &PONG_FRAME);
+    assert_eq!(drain(&mut c), vec![Ev::Pong(Duration::from_millis(250))]);
+    assert_eq!(c.stats().last_rtt, Some(Duration::from_millis(250)));
+    assert_eq!(c.timers.get(Timer::Ping), Some(t(180)));
+    assert_eq!(c.timers.get(Timer::PongDeadline), None);
+    // The server's deadline moved to 120 s after the ping.
+    assert_eq!(s.timers.get(Timer::PingDeadline), Some(t(210)));
+}
+
+#[test]
+fn server_closes_silent_clients() {
+    let (_, mut s) = pair(Config::default());
+    assert_eq!(s.poll_timeout(), Some(t(150)));
+    s.handle_timeout(Instant::from_millis(149_999));
+    assert!(!s.is_closed());
+    s.handle_timeout(t(150));
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Ev::Misbehaved(Misbehaviour::Silent, 50, 50),
+            Ev::Closed(CloseReason::PingTimeout)
+        ]
+    );
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(drain(&mut s), vec![]);
+}
+
+#[test]
+fn only_pings_reset_the_server_deadline() {
+    let (_, mut s) = pair(Config::default());
+    s.handle_input(t(100), &PING_FRAME);
+    assert_eq!(s.poll_timeout(), Some(t(220)));
+    let mut wire = Vec::new();
+    FrameEncoder::new()
+        .encode(&Header::new(1, 1), b"", &mut wire)
+        .unwrap();
+    s.handle_input(t(200), &wire);
+    assert_eq!(s.poll_timeout(), Some(t(220)));
+    s.handle_timeout(t(220));
+    assert_eq!(s.close_reason(), Some(CloseReason::PingTimeout));
+}
+
+#[test]
+fn dead_server_is_noticed_by_the_pong_timeout() {
+    let (mut c, _) = pair(Config::default());
+    c.handle_timeout(t(90));
+    take_tx(&mut c);
+    assert_eq!(c.poll_timeout(), Some(t(150)));
+    c.handle_timeout(t(150));
+    assert_eq!(drain(&mut c), vec![Ev::Closed(CloseReason::PongTimeout)]);
+    assert!(CloseReason::PongTimeout.should_reconnect());
+}
+
+#[test]
+fn a_ping_to_the_client_closes_it_for_good() {
+    let (mut c, _) = pair(Config::default());
+    c.handle_input(t(1), &PING_FRAME);
+    assert_eq!(drain(&mut c), vec![Ev::Closed(CloseReason::PeerPinged)]);
+    assert!(!CloseReason::PeerPinged.should_reconnect());
+}
+
+#[test]
+fn garbage_first_bytes() {
+    let (_, mut s) = pair(Config::default());
+    assert_eq!(s.handle_input(t(1), b"GET / HTTP/1.1\r\n"), 16);
+    let reason = CloseReason::Protocol(ProtocolError::Frame(crate::frame::FrameError::NotFlowee {
+        byte: b'T',
+    }));
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Ev::Misbehaved(Misbehaviour::NotFlowee, 100, 100),
+            Ev::Closed(reason)
+        ]
+    );
+    assert!(!reason.should_reconnect());
+    // Input after the close is taken and ignored.
+    assert_eq!(s.handle_input(t(2), b"more"), 4);
+    assert_eq!(drain(&mut s), vec![]);
+}
+
+#[test]
+fn messages_before_an_error_are_still_delivered() {
+    let (_, mut s) = pair(Config::default());
+    let mut wire = Vec::new();
+    FrameEncoder::new()
+        .encode(&Header::new(1, 1), b"ok", &mut wire)
+        .unwrap();
+    wire.extend_from_slice(&[0x29, 0x23]);
+    s.handle_input(t(1), &wire);
+    let events = drain(&mut s);
+    assert_eq!(events[0], Ev::Message(Header::new(1, 1), b"ok".to_vec()));
+    assert_eq!(
+        events[2],
+        Ev::Closed(CloseReason::Protocol(ProtocolError::Frame(
+            crate::frame::FrameError::TooLarge { len: 9001 }
+        )))
+    );
+}
+
+fn body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn large_bodies_go_as_sequences() {
+    let (mut c, mut s) = pair(Config::default());
+    let b = body(20_000);
+    let header = Header::new(1, 4).with_int(11, 9).unwrap();
+    c.send(t(0), Message::new(header, &b), Priority::Normal)
+        .unwrap();
+    let wire = take_tx(&mut c);
+    assert_eq!(wire.len(), 8014 + 8008 + 4008);
+    let mut events = Vec::new();
+    for chunk in wire.chunks(333) {
+        feed(t(0), &mut s, chunk, &mut events);
+        events.extend(drain(&mut s));
+    }
+    assert_eq!(events, vec![Ev::Message(header, b)]);
+    assert_eq!(c.stats().frames_out, 3);
+    assert_eq!(c.stats().messages_out, 1);
+}
+
+#[test]
+fn high_priority_goes_between_chunks() {
+    let (mut c, mut s) = pair(Config::default());
+    let big = body(30_000);
+    c.send(t(0), msg(1, 1, &big), Priority::Normal).unwrap();
+    // The socket takes part of the first frame; then a ping and an urgent message come up.
+    let batch = c.poll_transmit().unwrap();
+    let first_len = usize::from(u16::from_le_bytes([batch[0], batch[1]]));
+    assert!(
+        batch.len() > first_len,
+        "all frames of the queue in one batch"
+    );
+    let mut wire = batch[..first_len - 4].to_vec();
+    c.consume_transmit(first_len - 4);
+    c.send(t(0), msg(2, 2, b"urgent"), Priority::High).unwrap();
+    c.handle_timeout(t(90));
+    // Now only the rest of the current frame is offered.
+    assert_eq!(c.poll_transmit().unwrap().len(), 4);
+    let rest = take_tx(&mut c);
+    assert_eq!(rest[4..10], PING_FRAME);
+    assert_eq!(rest[10..12], [0x0D, 0x00]);
+    wire.extend_from_slice(&rest);
+    let mut events = Vec::new();
+    feed(t(0), &mut s, &wire, &mut events);
+    events.extend(drain(&mut s));
+    assert_eq!(
+        events,
+        vec![
+            Ev::Message(Header::new(2, 2), b"urgent".to_vec()),
+            Ev::Message(Header::new(1, 1), big)
+        ]
+    );
+}
+
+#[test]
+fn chunked_delivery_in_little_memory() {
+    let config = Config {
+        sequence_delivery: SequenceDelivery::Chunks,
+        ..Config::default()
+    };
+    let mut c: Connection<Heap> = Connection::connecting(t(0), config);
+    c.handle_connected(t(0));
+    let mut s: Connection<Fixed> = Connection::accepted(t(0), config);
+    let b = body(1 << 20);
+    c.send(t(0), msg(5, 5, &b), Priority::Normal).unwrap();
+    let wire = take_tx(&mut c);
+    let mut events = Vec::new();
+    let mut got = 0usize;
+    let mut data = &wire[..];
+    while !data.is_empty() {
+        let n = s.handle_input(t(0), data);
+        data = &data[n..];
+        while let Some(e) = s.poll_event() {
+            match e {
+                Event::SequenceChunk(d) => {
+                    assert_eq!(d, &b[got..got + d.len()]);
+                    got += d.len();
+                }
+                other => events.push(format!("{other:?}")),
+            }
+        }
+    }
+    assert_eq!(got, b.len());
+    assert_eq!(events.len(), 2);
+    assert!(events[0].starts_with("SequenceStart"));
+    assert_eq!(events[1], "SequenceEnd { received: 1048576 }");
+    assert!(core::mem::size_of::<Connection<Fixed>>() < 24 * 1024);
+}
+
+#[test]
+fn sequence_bomb_is_refused_without_allocating() {
+    let (_, mut s) = pair(Config::default());
+    // SequenceStart = 2 147 483 646, LastInSequence = false, 1 byte of body.
+    let bomb = [
+        0x0D, 0x00, 0x08, 0x01, 0x18, 0x86, 0xFE, 0xFE, 0xFE, 0x7E, 0x25, 0x04, 0xAA,
+    ];
+    s.handle_input(t(1), &bomb);
+    let events = drain(&mut s);
+    assert_eq!(
+        events.last(),
+        Some(&Ev::Closed(CloseReason::Protocol(ProtocolError::Sequence(
+            SequenceError::TooLarge {
+                announced: 2_147_483_646,
+                limit: 32 << 20
+            }
+        ))))
+    );
+    assert_eq!(
+        events[0],
+        Ev::Misbehaved(Misbehaviour::OversizedSequence, 500, 500)
+    );
+    assert!(s.heap_usage().total() < 1 << 20);
+}
+
+#[test]
+fn sequence_overflow_closes_instead_of_stalling() {
+    let (_, mut s) = pair(Config::default());
+    let start = [0x09, 0x00, 0x08, 0x01, 0x18, 0x0A, 0x25, 0x04, 0xAA];
+    let mut next = vec![0x06 + 20, 0x00, 0x08, 0x01, 0x25, 0x04];
+    next.extend_from_slice(&[0xBB; 20]);
+    s.handle_input(t(1), &start);
+    s.handle_input(t(1), &next);
+    assert_eq!(
+        s.close_reason(),
+        Some(CloseReason::Protocol(ProtocolError::Sequence(
+            SequenceError::Overflow {
+                announced: 10,
+                received: 21
+            }
+        )))
+    );
+}
+
+#[test]
+fn queue_full_gives_the_message_back() {
+    let config = Config {
+        normal_queue_len: core::num::NonZeroUsize::new(2).unwrap(),
+        ..Config::default()
+    };
+    let (mut c, _) = pair(config);
+    c.send(t(0), msg(1, 1, b"a"), Priority::Normal).unwrap();
+    c.send(t(0), msg(1, 2, b"b"), Priority::Normal).unwrap();
+    match c.send(t(0), msg(1, 3, b"c"), Priority::Normal) {
+        Err(SendError::QueueFull(m)) => assert_eq!(m, msg(1, 3, b"c")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.send(t(0), msg(1, 3, &body(8001)), Priority::High),
+        Err(SendError::TooLarge(_))
+    ));
+    assert!(matches!(
+        c.send(t(0), msg(126, 3, b""), Priority::High),
+        Err(SendError::Invalid(..))
+    ));
+    take_tx(&mut c);
+    c.send(t(0), msg(1, 3, b"c"), Priority::Normal).unwrap();
+}
+
+#[test]
+fn backpressure_when_events_are_not_polled() {
+    let config = Config {
+        receive_buffer: core::num::NonZeroUsize::new(9000).unwrap(),
+        ..Config::default()
+    };
+    let (mut c, mut s) = pair(config);
+    for i in 0..200 {
+        c.send(t(0), msg(1, i, &[0; 100]), Priority::Normal)
+            .unwrap();
+    }
+    let wire = take_tx(&mut c);
+    let taken = s.handle_input(t(0), &wire);
+    assert!(taken < wire.len());
+    assert!(taken <= 9000);
+    // Our own send backlog never stops reading.
+    for _ in 0..100 {
+        s.send(t(0), msg(1, 1, &[0; 100]), Priority::Normal)
+            .unwrap();
+    }
+    let mut events = drain(&mut s);
+    let more = s.handle_input(t(0), &wire[taken..]);
+    assert!(more > 0);
+    feed(t(0), &mut s, &wire[taken + more..], &mut events);
+    events.extend(drain(&mut s));
+    assert_eq!(events.len(), 200);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e, &Ev::Message(Header::new(1, i as i32), vec![0; 100]));
+    }
+}
+
+#[test]
+fn close_reports_once_and_keeps_the_queue() {
+    let (mut c, _) = pair(Config::default());
+    assert!(c.take_outbox().is_none(), "not while open");
+    c.send(t(0), msg(1, 1, &body(20_000)), Priority::Normal)
+        .unwrap();
+    c.send(t(0), msg(1, 2, b"x"), Priority::Normal).unwrap();
+    let n = c.poll_transmit().unwrap().len();
+    c.consume_transmit(n / 2);
+    c.handle_eof(t(5));
+    assert_eq!(drain(&mut c), vec![Ev::Closed(CloseReason::Eof)]);
+    assert_eq!(drain(&mut c), vec![]);
+    assert_eq!(c.poll_transmit(), None);
+    assert!(matches!(
+        c.send(t(5), msg(1, 3, b""), Priority::Normal),
+        Err(SendError::Closed(_))
+    ));
+    let outbox = c.take_outbox().unwrap();
+    assert_eq!(outbox.len(), (0, 2));
+    // A new connection sends both from the start.
+    let mut c2 = Connection::with_outbox(t(6), Role::Connecting, Config::default(), outbox);
+    c2.handle_connected(t(6));
+    let mut s2: Connection = Connection::accepted(t(6), Config::default());
+    let (_, es) = pump(t(6), &mut c2, &mut s2);
+    assert_eq!(
+        es,
+        vec![
+            Ev::Message(Header::new(1, 1), body(20_000)),
+            Ev::Message(Header::new(1, 2), b"x".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn local_close_is_immediate() {
+    let (mut c, mut s) = pair(Config::default());
+    c.send(t(0), msg(1, 1, b"x"), Priority::Normal).unwrap();
+    pump(t(0), &mut c, &mut s);
+    c.send(t(0), msg(1, 1, b"x"), Priority::Normal).unwrap();
+    let wire = take_tx(&mut c);
+    s.handle_input(t(0), &wire);
+    s.close(t(1));
+    assert_eq!(drain(&mut s), vec![Ev::Closed(CloseReason::Local)]);
+    assert!(!CloseReason::Local.should_reconnect());
+}
+
+#[test]
+fn punish_to_the_ban_threshold() {
+    let (_, mut s) = pair(Config::default());
+    s.punish(600);
+    s.punish(400);
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Ev::Misbehaved(Misbehaviour::Application, 600, 600),
+            Ev::Misbehaved(Misbehaviour::Application, 400, 1000),
+            Ev::Closed(CloseReason::Banned)
+        ]
+    );
+}
+
+#[test]
+fn scores_decay() {
+    let (_, mut s) = pair(Config::default());
+    s.punish(500);
+    s.handle_input(Instant::from_secs(3600), &PING_FRAME);
+    assert_eq!(s.stats().score, 400);
+    s.handle_input(Instant::from_secs(3 * 3600), &PING_FRAME);
+    s.punish(1);
+    assert_eq!(s.stats().score, 201);
+    s.handle_input(Instant::from_secs(6 * 3600), &PING_FRAME);
+    assert_eq!(s.stats().score, 0);
+}
+
+#[test]
+fn ping_floods_count_as_misbehaviour() {
+    let config = Config {
+        max_pings_per_minute: core::num::NonZeroU32::new(5).unwrap(),
+        ..Config::default()
+    };
+    let (_, mut s) = pair(config);
+    let pings: Vec<u8> = PING_FRAME.iter().copied().cycle().take(6 * 10).collect();
+    s.handle_input(t(1), &pings);
+    let events = drain(&mut s);
+    assert_eq!(events.len(), 5);
+    assert_eq!(events[4], Ev::Misbehaved(Misbehaviour::PingFlood, 10, 50));
+    assert_eq!(take_tx(&mut s).len(), 5 * 6);
+}
+
+#[test]
+fn introduction_window() {
+    let config = Config {
+        introduction_timeout: Some(Duration::from_secs(4)),
+        ..Config::default()
+    };
+    let (mut c, mut s) = pair(config);
+    s.handle_timeout(t(3));
+    c.send(t(3), msg(1, 1, b""), Priority::Normal).unwrap();
+    pump(t(3), &mut c, &mut s);
+    assert_eq!(s.timers.get(Timer::Introduction), None);
+    s.handle_timeout(t(10));
+    assert!(!s.is_closed());
+    let mut late = Connection::<Heap>::accepted(t(0), config);
+    late.handle_input(t(1), &PING_FRAME);
+    late.handle_timeout(t(4));
+    assert_eq!(late.close_reason(), Some(CloseReason::IntroductionTimeout));
+}
+
+#[test]
+fn idle_buffers_are_given_back() {
+    let (mut c, mut s) = pair(Config::default());
+    c.send(t(0), msg(1, 1, &body(100_000)), Priority::Normal)
+        .unwrap();
+    pump(t(0), &mut c, &mut s);
+    assert!(s.inbox.releasable() > 100_000);
+    let at = s.poll_timeout().unwrap();
+    assert_eq!(at, t(2));
+    s.handle_timeout(at);
+    assert_eq!(s.inbox.releasable(), 0);
+    c.handle_timeout(c.poll_timeout().unwrap());
+    assert_eq!(c.outbox.normal.releasable(), 0);
+}
+
+#[test]
+fn timeouts_are_never_stale() {
+    let (mut c, mut s) = pair(Config::default());
+    for ms in (0..400_000).step_by(7_777) {
+        let now = Instant::from_millis(ms);
+        c.handle_timeout(now);
+        assert!(c.poll_timeout().is_none_or(|at| at > now));
+        s.handle_timeout(now);
+        assert!(s.poll_timeout().is_none_or(|at| at > now));
+        let _ = pump(now, &mut c, &mut s);
+    }
+}
+
+#[test]
+fn memory_of_one_connection() {
+    // The README states these figures.
+    let fixed = core::mem::size_of::<Connection<Fixed>>();
+    let heap = core::mem::size_of::<Connection<Heap>>();
+    std::println!("Connection<Fixed>: {fixed} bytes, Connection<Heap>: {heap} bytes + buffers");
+    assert!(fixed < 24 * 1024, "{fixed}");
+    assert!(heap < 2048, "{heap}");
+    // A fresh heap connection holds no buffers; an idle one gives them back.
+    let (mut c, mut s) = pair(Config::default());
+    assert_eq!(c.heap_usage().total(), 0);
+    c.send(t(0), msg(1, 1, b"x"), Priority::Normal).unwrap();
+    pump(t(0), &mut c, &mut s);
+    assert!(s.heap_usage().total() > 0);
+    s.handle_timeout(t(2));
+    c.handle_timeout(t(2));
+    assert_eq!((c.heap_usage().total(), s.heap_usage().total()), (0, 0));
+}
