@@ -11,6 +11,7 @@
 //! - [`sequence`]: reassembly of bodies larger than one frame.
 //! - [`connection`]: one TCP stream as a state machine: keepalive, queues, sequences,
 //!   misbehaviour and closes; [`storage`] says where its buffers live.
+//! - [`node`]: many connections: admission and bans, routing, requests, broadcast, reconnects.
 //!
 //! # The run loop
 //!
@@ -87,6 +88,8 @@ pub mod cmf;
 pub mod connection;
 pub mod frame;
 pub mod header;
+pub mod node;
+mod score;
 pub mod sequence;
 pub mod storage;
 pub mod time;
@@ -95,4 +98,5 @@ pub use connection::{
     CloseReason, Config, Connection, Event, Message, Misbehaviour, Priority, Role, SendError,
 };
 pub use header::Header;
+pub use node::{ConnId, Node, NodeConfig, Output};
 pub use time::Instant;

@@ -5,6 +5,8 @@
 //! up to their bound), and can give their memory back when idle, so an idle connection costs
 //! little. Fixed stores are always their full size and never allocate.
 
+use crate::frame::MAX_FRAME_LEN;
+
 #[cfg(feature = "alloc")]
 use core::fmt;
 
@@ -126,6 +128,8 @@ pub trait Fifo<T> {
     fn max_len(&self) -> usize;
     /// Appends, or gives the item back when full.
     fn push_back(&mut self, item: T) -> Result<(), T>;
+    /// Prepends, or gives the item back when full.
+    fn push_front(&mut self, item: T) -> Result<(), T>;
     /// Removes the oldest item.
     fn pop_front(&mut self) -> Option<T>;
     /// The oldest item.
@@ -145,6 +149,9 @@ impl<T, const N: usize> Fifo<T> for heapless::Deque<T, N> {
     }
     fn push_back(&mut self, item: T) -> Result<(), T> {
         heapless::Deque::push_back(self, item)
+    }
+    fn push_front(&mut self, item: T) -> Result<(), T> {
+        heapless::Deque::push_front(self, item)
     }
     fn pop_front(&mut self) -> Option<T> {
         heapless::Deque::pop_front(self)
@@ -190,6 +197,13 @@ impl<T> Fifo<T> for HeapFifo<T> {
             return Err(item);
         }
         self.items.push_back(item);
+        Ok(())
+    }
+    fn push_front(&mut self, item: T) -> Result<(), T> {
+        if self.items.len() >= self.max {
+            return Err(item);
+        }
+        self.items.push_front(item);
         Ok(())
     }
     fn pop_front(&mut self) -> Option<T> {
@@ -274,8 +288,8 @@ impl Storage for Heap {
 /// [`SequenceDelivery::Chunks`](crate::connection::SequenceDelivery::Chunks)).
 ///
 /// The defaults make the smallest useful connection: one maximum frame in each direction, for
-/// about 19 KB in all. `RX` must be at least 9000 to take every valid frame, and `TX` at least
-/// 9000 to queue every message up to the chunk size.
+/// about 20 KB in all. `RX` must be at least 9000 to take every valid frame (checked at compile
+/// time), `TX` at least 9000 to queue every message up to the chunk size, and `MSGS` at least 1.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Fixed<
     const RX: usize = 9000,
@@ -286,6 +300,20 @@ pub struct Fixed<
 >;
 
 impl<const RX: usize, const TX: usize, const HIGH: usize, const REASM: usize, const MSGS: usize>
+    Fixed<RX, TX, HIGH, REASM, MSGS>
+{
+    /// Evaluated when the storage is used: a receive buffer below one maximum frame could
+    /// stall on a valid frame, and a queue must hold at least one message.
+    const VALID: () = {
+        assert!(
+            RX >= MAX_FRAME_LEN,
+            "Fixed: RX must be at least 9000 (one maximum frame)"
+        );
+        assert!(MSGS > 0, "Fixed: MSGS must be at least 1");
+    };
+}
+
+impl<const RX: usize, const TX: usize, const HIGH: usize, const REASM: usize, const MSGS: usize>
     Storage for Fixed<RX, TX, HIGH, REASM, MSGS>
 {
     type Rx = [u8; RX];
@@ -294,6 +322,7 @@ impl<const RX: usize, const TX: usize, const HIGH: usize, const REASM: usize, co
     type Reassembly = [u8; REASM];
     type Queue = heapless::Deque<QueueEntry, MSGS>;
     fn rx(_: usize) -> [u8; RX] {
+        let () = Self::VALID;
         [0; RX]
     }
     fn tx(_: usize) -> [u8; TX] {

@@ -1,10 +1,11 @@
 //! Ready-made hosts: one [`Connection`] with an application on top, and a scripted raw peer.
 
-use crate::net::{Action, Host, HostId, Socket, Trace};
+use crate::net::{Action, Host, Socket, Trace};
 use flowee_proto::connection::Stats;
 use flowee_proto::{CloseReason, Config, Connection, Event, Header, Instant, Misbehaviour};
 use std::any::Any;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// An owned copy of an [`Event`], to keep in logs and assertions.
@@ -201,7 +202,7 @@ impl<A: App> ConnectionHost<A> {
 }
 
 impl<A: App> Host for ConnectionHost<A> {
-    fn accept(&mut self, now: Instant, socket: Socket, _from: HostId) -> bool {
+    fn accept(&mut self, now: Instant, socket: Socket, _from: SocketAddr) -> bool {
         if self.conn.is_some() {
             return false;
         }
@@ -340,7 +341,7 @@ impl RawHost {
 }
 
 impl Host for RawHost {
-    fn accept(&mut self, now: Instant, socket: Socket, _from: HostId) -> bool {
+    fn accept(&mut self, now: Instant, socket: Socket, _from: SocketAddr) -> bool {
         if self.socket.is_some() {
             return false;
         }

@@ -69,8 +69,10 @@
 
 mod hosts;
 mod net;
+mod node_host;
 mod rng;
 
 pub use hosts::{App, ConnectionHost, RawHost, Received, fnv};
-pub use net::{Action, Host, HostId, LinkModel, Sim, SimError, Socket, Trace};
+pub use net::{Action, Host, HostId, LinkModel, PORT, Sim, SimError, Socket, Trace};
+pub use node_host::{NodeApp, NodeHost, NodeReceived};
 pub use rng::Rng;

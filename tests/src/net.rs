@@ -6,6 +6,7 @@ use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// A host in the simulation.
@@ -22,8 +23,8 @@ pub enum Action {
     /// Open a TCP connection to `to`; the answer comes to
     /// [`Host::connected`] or [`Host::connect_failed`] with the same `tag`.
     Connect {
-        /// The host to connect to.
-        to: HostId,
+        /// The address to connect to (a host's [`Sim::addr`]).
+        to: SocketAddr,
         /// Chosen by the host to match the answer.
         tag: u64,
     },
@@ -36,8 +37,9 @@ pub enum Action {
 /// The simulator calls the input methods as things happen, then [`Host::run`] to let the
 /// application react, then drains [`Host::poll_action`] and [`Host::transmit`].
 pub trait Host: Any {
-    /// A connection came in on `socket`; false refuses it (the peer sees it close at once).
-    fn accept(&mut self, now: Instant, socket: Socket, from: HostId) -> bool;
+    /// A connection from `from` came in on `socket`; false refuses it (the peer sees it close
+    /// at once).
+    fn accept(&mut self, now: Instant, socket: Socket, from: SocketAddr) -> bool;
     /// Our connect with this `tag` succeeded.
     fn connected(&mut self, now: Instant, tag: u64, socket: Socket);
     /// Our connect with this `tag` failed (nothing listens there).
@@ -204,7 +206,7 @@ enum Pending {
     },
     Connect {
         from: HostId,
-        to: HostId,
+        to: SocketAddr,
         tag: u64,
     },
     Call(Box<dyn FnOnce(&mut Sim)>),
@@ -236,8 +238,12 @@ impl Ord for Scheduled {
 struct HostEntry {
     name: String,
     host: Box<dyn Host>,
+    addr: SocketAddr,
     listening: bool,
 }
+
+/// The port hosts listen on (the Hub's API port).
+pub const PORT: u16 = 1235;
 
 /// A deterministic network of [`Host`]s on a virtual clock.
 pub struct Sim {
@@ -246,6 +252,8 @@ pub struct Sim {
     link: LinkModel,
     hosts: Vec<HostEntry>,
     sockets: Vec<SocketState>,
+    /// Sockets with an open end, the only ones `settle` visits.
+    active: std::collections::BTreeSet<usize>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
     trace: Trace,
@@ -265,6 +273,7 @@ impl Sim {
             link,
             hosts: Vec::new(),
             sockets: Vec::new(),
+            active: std::collections::BTreeSet::new(),
             queue: BinaryHeap::new(),
             seq: 0,
             trace: Trace::default(),
@@ -299,14 +308,28 @@ impl Sim {
         &self.trace
     }
 
-    /// Adds a host that accepts connections.
+    /// Adds a host that accepts connections, at its own address 10.x.y.z:1235.
     pub fn add_host(&mut self, name: &str, host: impl Host) -> HostId {
+        let n = self.hosts.len() as u32 + 1;
+        let ip = IpAddr::V4(Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8));
+        self.add_host_at(name, ip, host)
+    }
+
+    /// Adds a host at a chosen IP address (several hosts may share one, like users behind one
+    /// router).
+    pub fn add_host_at(&mut self, name: &str, ip: IpAddr, host: impl Host) -> HostId {
         self.hosts.push(HostEntry {
             name: name.to_owned(),
             host: Box::new(host),
+            addr: SocketAddr::new(ip, PORT),
             listening: true,
         });
         HostId(self.hosts.len() - 1)
+    }
+
+    /// The address a host listens on.
+    pub fn addr(&self, host: HostId) -> SocketAddr {
+        self.hosts[host.0].addr
     }
 
     /// Whether connections to `host` are accepted (false: connects fail, as with nothing
@@ -350,6 +373,11 @@ impl Sim {
     /// `from` opens a connection to `to`, answered after one link latency; `tag` comes back in
     /// [`Host::connected`] / [`Host::connect_failed`].
     pub fn connect(&mut self, from: HostId, to: HostId, tag: u64) {
+        let to = self.addr(to);
+        self.connect_addr(from, to, tag);
+    }
+
+    fn connect_addr(&mut self, from: HostId, to: SocketAddr, tag: u64) {
         let at = self.now + self.link.latency;
         self.schedule(at, Pending::Connect { from, to, tag });
     }
@@ -418,6 +446,8 @@ impl Sim {
     pub fn run_until(&mut self, end: Instant) -> Result<(), SimError> {
         let mut same_time = 0;
         let budget = self.steps + self.max_steps;
+        // Hosts may have work queued before anything happened (a node's first connect).
+        self.settle();
         loop {
             let before = self.now;
             if !self.step(end)? {
@@ -503,12 +533,19 @@ impl Sim {
                 }
             }
             Pending::Connect { from, to, tag } => {
-                if to.0 >= self.hosts.len() || !self.hosts[to.0].listening {
+                let Some(to) = self
+                    .hosts
+                    .iter()
+                    .position(|h| h.addr == to && h.listening)
+                    .map(HostId)
+                else {
                     self.hosts[from.0].host.connect_failed(now, tag);
                     return;
-                }
+                };
                 let a = Socket(self.sockets.len());
                 let b = Socket(a.0 + 1);
+                self.active.insert(a.0);
+                self.active.insert(b.0);
                 for (host, peer) in [(from, b), (to, a)] {
                     self.sockets.push(SocketState {
                         host,
@@ -521,8 +558,11 @@ impl Sim {
                         generation: 0,
                     });
                 }
+                // The connecting side gets an ephemeral port, as from a real stack.
+                let from_addr =
+                    SocketAddr::new(self.hosts[from.0].addr.ip(), 40_000 + (a.0 % 20_000) as u16);
                 self.hosts[from.0].host.connected(now, tag, a);
-                if !self.hosts[to.0].host.accept(now, b, from) {
+                if !self.hosts[to.0].host.accept(now, b, from_addr) {
                     self.close_end(b);
                 }
             }
@@ -541,7 +581,7 @@ impl Sim {
                 while let Some(action) = self.hosts[h].host.poll_action() {
                     moved = true;
                     match action {
-                        Action::Connect { to, tag } => self.connect(HostId(h), to, tag),
+                        Action::Connect { to, tag } => self.connect_addr(HostId(h), to, tag),
                         Action::Close(s) => {
                             self.trace
                                 .record(self.now, &name, format_args!("close {s:?}"));
@@ -550,9 +590,14 @@ impl Sim {
                     }
                 }
             }
-            for s in 0..self.sockets.len() {
+            let active: Vec<usize> = self.active.iter().copied().collect();
+            for s in active {
                 moved |= self.read(Socket(s));
                 moved |= self.write(Socket(s));
+                let st = &self.sockets[s];
+                if !st.open && !self.sockets[st.peer.0].open {
+                    self.active.remove(&s);
+                }
             }
             if !moved {
                 return;

@@ -52,6 +52,30 @@ pub enum Event<'a> {
     },
 }
 
+impl Event<'_> {
+    /// The event without borrowed data; `None` for [`Event::Message`] and
+    /// [`Event::SequenceChunk`].
+    pub fn to_static(&self) -> Option<Event<'static>> {
+        Some(match *self {
+            Event::Connected => Event::Connected,
+            Event::SequenceStart { header, total } => Event::SequenceStart { header, total },
+            Event::SequenceEnd { received } => Event::SequenceEnd { received },
+            Event::Pong { rtt } => Event::Pong { rtt },
+            Event::Misbehaved {
+                kind,
+                points,
+                score,
+            } => Event::Misbehaved {
+                kind,
+                points,
+                score,
+            },
+            Event::Closed { reason } => Event::Closed { reason },
+            Event::Message(_) | Event::SequenceChunk(_) => return None,
+        })
+    }
+}
+
 /// A protocol rule the peer broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -111,8 +135,10 @@ pub enum CloseReason {
     PeerPinged,
     /// Accepting side: no message in the introduction window.
     IntroductionTimeout,
-    /// The misbehaviour score reached the ban threshold.
+    /// The misbehaviour score reached the ban threshold, or the address was banned.
     Banned,
+    /// Accepting side: the first message was not the expected login (spec §6.2).
+    LoginFailed,
 }
 
 impl CloseReason {
@@ -139,6 +165,7 @@ impl CloseReason {
             CloseReason::PeerPinged => "peer_pinged",
             CloseReason::IntroductionTimeout => "introduction_timeout",
             CloseReason::Banned => "banned",
+            CloseReason::LoginFailed => "login_failed",
         }
     }
 }
@@ -155,7 +182,8 @@ impl fmt::Display for CloseReason {
             CloseReason::IntroductionTimeout => {
                 f.write_str("no message from the peer in the introduction window")
             }
-            CloseReason::Banned => f.write_str("misbehaviour score reached the ban threshold"),
+            CloseReason::Banned => f.write_str("banned for misbehaviour"),
+            CloseReason::LoginFailed => f.write_str("the first message was not a valid login"),
         }
     }
 }

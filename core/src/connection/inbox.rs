@@ -50,7 +50,10 @@ pub(crate) struct Inbox<R, A> {
     parsed: usize,
     end: usize,
     first_frame: bool,
+    /// The stream broke: nothing after the bad frame is parsed.
     failed: bool,
+    /// No more input comes (EOF or close); frames already here are still parsed.
+    input_closed: bool,
     delivery: SequenceDelivery,
     seq: Sequences<A>,
     /// Chunk delivery: 0 = at a frame's start, 1 = its data next, 2 = the sequence end next.
@@ -108,6 +111,12 @@ impl<A: ByteStore> Sequences<A> {
 
 impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
     pub(crate) fn new(rx: R, reasm: A, delivery: SequenceDelivery, max_sequence: u32) -> Self {
+        // With no reassembly storage at all, sequences can only go chunk by chunk.
+        let delivery = if reasm.max_capacity() == 0 {
+            SequenceDelivery::Chunks
+        } else {
+            delivery
+        };
         let limit = match delivery {
             SequenceDelivery::Reassemble => {
                 max_sequence.min(u32::try_from(reasm.max_capacity()).unwrap_or(u32::MAX))
@@ -121,6 +130,7 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             end: 0,
             first_frame: true,
             failed: false,
+            input_closed: false,
             delivery,
             seq: Sequences {
                 tracker: SequenceTracker::new(limit),
@@ -150,7 +160,7 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
 
     /// Copies as much of `data` as fits; returns how much.
     pub(crate) fn push(&mut self, data: &[u8]) -> usize {
-        if self.failed || data.is_empty() {
+        if self.failed || self.input_closed || data.is_empty() {
             return 0;
         }
         let room = self.rx.max_capacity() - (self.end - self.start);
@@ -360,9 +370,12 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         self.release = Release::Nothing;
         self.released_count = self.parsed_count;
         self.failed = true;
+        self.input_closed = true;
         self.seq.len = 0;
         self.seq.complete = false;
         self.seq.tracker.reset();
+        self.rx.release();
+        self.seq.buf.release();
     }
 
     /// Whether delivered and received data is all gone.
@@ -388,8 +401,8 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         self.rx.releasable()
     }
 
-    /// Stops parsing (the connection closed); what was parsed can still be delivered.
-    pub(crate) fn stop(&mut self) {
-        self.failed = true;
+    /// No more input comes; complete frames already received are still parsed and delivered.
+    pub(crate) fn close_input(&mut self) {
+        self.input_closed = true;
     }
 }

@@ -24,6 +24,7 @@ pub use timer::Timer;
 
 use crate::frame::{FrameEncoder, MAX_FRAME_LEN, PING_FRAME, PONG_FRAME};
 use crate::header::SYSTEM_SERVICE;
+use crate::score::Score;
 use crate::storage::{DefaultStorage, Storage};
 use crate::time::Instant;
 use core::time::Duration;
@@ -59,12 +60,13 @@ enum Source {
     Normal,
 }
 
-/// A small queue of events that are not received data.
-const NOTICES: usize = 8;
+/// A small queue of events that are not received data (repeats of one kind are merged).
+const NOTICES: usize = 16;
 /// Parsing pauses while fewer notice slots than this are free, so a burst of misbehaviour
 /// cannot overflow the notice queue.
 const NOTICE_RESERVE: usize = 2;
-/// Pongs owed to a ping flood are capped; the extra pings are counted as misbehaviour.
+/// At most this many pongs are owed at once; a peer pinging faster than it reads gets no more
+/// (the per-minute ping limit is what counts as misbehaviour).
 const MAX_OWED_PONGS: u8 = 8;
 /// The most bytes one [`Connection::poll_transmit`] hands out, so a high-priority frame waits
 /// for at most one such batch (the C++ batches 250 KiB).
@@ -77,12 +79,14 @@ const MAX_BATCH: usize = 256 * 1024;
 pub struct Outbox<S: Storage = DefaultStorage> {
     high: OutQueue<S::TxHigh, S::Queue>,
     normal: OutQueue<S::Tx, S::Queue>,
+    encoder: FrameEncoder,
 }
 
 impl<S: Storage> Outbox<S> {
     /// An empty outbox with room as `config` says.
     pub fn new(config: &Config) -> Self {
         Outbox {
+            encoder: FrameEncoder::with_chunk_size(config.chunk_size.get()),
             high: OutQueue::new(
                 S::tx_high(config.high_queue_bytes.get()),
                 S::queue(config.high_queue_len.get()),
@@ -109,6 +113,46 @@ impl<S: Storage> Outbox<S> {
     /// Bytes waiting.
     pub fn pending_bytes(&self) -> usize {
         self.high.pending_bytes() + self.normal.pending_bytes()
+    }
+
+    /// Queues a message (see [`Connection::send`]), for a connection that is not up.
+    #[allow(clippy::result_large_err)]
+    pub fn send<'a>(
+        &mut self,
+        message: Message<'a>,
+        priority: Priority,
+    ) -> Result<(), SendError<Message<'a>>> {
+        if message.header.service_id == SYSTEM_SERVICE {
+            return Err(SendError::Invalid(
+                message,
+                crate::frame::EncodeError::InvalidServiceId(SYSTEM_SERVICE),
+            ));
+        }
+        let result = match priority {
+            Priority::High if message.body.len() > self.encoder.chunk_size() => {
+                Err(Refused::TooLarge)
+            }
+            Priority::High => self.high.push(&self.encoder, &message.header, message.body),
+            Priority::Normal => self
+                .normal
+                .push(&self.encoder, &message.header, message.body),
+        };
+        result.map_err(|refused| refused.with(message))
+    }
+
+    /// Queues a message encoded once for many connections.
+    #[cfg(feature = "alloc")]
+    pub fn send_encoded(
+        &mut self,
+        message: &EncodedMessage,
+        priority: Priority,
+    ) -> Result<(), SendError<EncodedMessage>> {
+        let result = match priority {
+            Priority::High if !message.is_single_frame() => Err(Refused::TooLarge),
+            Priority::High => self.high.push_shared(message),
+            Priority::Normal => self.normal.push_shared(message),
+        };
+        result.map_err(|refused| refused.with(message.clone()))
     }
 }
 
@@ -163,40 +207,6 @@ impl Notice {
     }
 }
 
-/// The misbehaviour score, decaying over time.
-#[derive(Clone, Copy, Debug)]
-struct Score {
-    points: u32,
-    since: Instant,
-}
-
-const HOUR_MS: u64 = 3_600_000;
-
-impl Score {
-    /// The score at `now`, without updating it.
-    fn at(mut self, now: Instant, per_hour: u32) -> u32 {
-        self.decay(now, per_hour);
-        self.points
-    }
-
-    fn decay(&mut self, now: Instant, per_hour: u32) {
-        let elapsed = now.as_millis().saturating_sub(self.since.as_millis());
-        if per_hour == 0 || self.points == 0 {
-            self.since = now;
-            return;
-        }
-        let lost = elapsed.saturating_mul(u64::from(per_hour)) / HOUR_MS;
-        if lost > 0 {
-            self.points = self
-                .points
-                .saturating_sub(u32::try_from(lost).unwrap_or(u32::MAX));
-            // Keep the remainder, so frequent updates decay as fast as rare ones.
-            self.since =
-                Instant::from_millis(self.since.as_millis() + lost * HOUR_MS / u64::from(per_hour));
-        }
-    }
-}
-
 /// One protocol connection. See the [module documentation](self).
 ///
 /// `S` chooses where its buffers live: [`Heap`](crate::storage::Heap) (with `alloc`, the
@@ -210,7 +220,6 @@ pub struct Connection<S: Storage = DefaultStorage> {
     timers: TimerTable,
     inbox: Inbox<S::Rx, S::Reassembly>,
     outbox: Outbox<S>,
-    encoder: FrameEncoder,
     source: Option<Source>,
     frame_left: usize,
     returned: usize,
@@ -218,6 +227,8 @@ pub struct Connection<S: Storage = DefaultStorage> {
     pongs_owed: u8,
     ping_sent_at: Option<Instant>,
     ping_window: (Instant, u32),
+    /// The last time data went through the buffers (for releasing idle ones).
+    last_busy: Instant,
     /// Events that are not received data, each with the number of deliveries that come
     /// before it, so events stay in the order things happened.
     notices: heapless::Deque<(u64, Notice), NOTICES>,
@@ -273,7 +284,6 @@ impl<S: Storage> Connection<S> {
             timers: TimerTable::default(),
             inbox,
             outbox,
-            encoder: FrameEncoder::with_chunk_size(config.chunk_size.get()),
             source: None,
             frame_left: 0,
             returned: 0,
@@ -281,11 +291,9 @@ impl<S: Storage> Connection<S> {
             pongs_owed: 0,
             ping_sent_at: None,
             ping_window: (now, 0),
+            last_busy: now,
             notices: heapless::Deque::new(),
-            score: Score {
-                points: 0,
-                since: now,
-            },
+            score: Score::new(now),
             stats: Stats::default(),
         };
         if role == Role::Accepting {
@@ -377,7 +385,7 @@ impl<S: Storage> Connection<S> {
         if self.is_closed() {
             return data.len();
         }
-        if self.state == State::Connecting {
+        if self.state == State::Connecting && !data.is_empty() {
             // Data can only come over an established TCP connection.
             self.handle_connected(now);
         }
@@ -385,6 +393,7 @@ impl<S: Storage> Connection<S> {
         loop {
             let n = self.inbox.push(&data[taken..]);
             taken += n;
+            self.last_busy = now;
             self.stats.bytes_in += n as u64;
             self.process_input(now);
             if n == 0 || taken == data.len() || self.is_closed() {
@@ -395,13 +404,20 @@ impl<S: Storage> Connection<S> {
     }
 
     /// Parses complete frames and applies what they mean.
+    /// Once closed, frames already received are still parsed for delivery, with no other
+    /// effect.
     fn process_input(&mut self, now: Instant) {
-        while !self.is_closed() && self.notices.capacity() - self.notices.len() > NOTICE_RESERVE {
+        loop {
+            let closed = self.is_closed();
+            if !closed && self.notices.capacity() - self.notices.len() <= NOTICE_RESERVE {
+                break;
+            }
             let Some(result) = self.inbox.parse_next() else {
                 break;
             };
             let effect = match result {
                 Ok(effect) => effect,
+                Err(_) if closed => break,
                 Err(error) => {
                     self.misbehave(now, Misbehaviour::of(&error), None);
                     self.close_with(now, CloseReason::Protocol(error));
@@ -409,6 +425,9 @@ impl<S: Storage> Connection<S> {
                 }
             };
             self.stats.frames_in += 1;
+            if closed {
+                continue;
+            }
             match effect {
                 Effect::Data => self.timers.clear(Timer::Introduction),
                 Effect::Ping => self.on_ping(now),
@@ -431,7 +450,7 @@ impl<S: Storage> Connection<S> {
             *start = now;
             *count = 0;
         }
-        *count += 1;
+        *count = count.saturating_add(1);
         if *count > self.config.max_pings_per_minute.get() {
             self.misbehave(now, Misbehaviour::PingFlood, None);
         } else if self.pongs_owed < MAX_OWED_PONGS {
@@ -451,8 +470,9 @@ impl<S: Storage> Connection<S> {
         }
     }
 
-    /// Input: the peer closed the stream or it broke. Messages already received are still
-    /// delivered, then [`Event::Closed`] with [`CloseReason::Eof`].
+    /// Input: the peer closed the stream or it broke. Complete messages already received are
+    /// still delivered, then [`Event::Closed`] with [`CloseReason::Eof`]. Offer any bytes held
+    /// back by backpressure first: input after EOF is ignored.
     pub fn handle_eof(&mut self, now: Instant) {
         let now = self.update_clock(now);
         if !self.is_closed() {
@@ -476,7 +496,7 @@ impl<S: Storage> Connection<S> {
                     self.misbehave(now, Misbehaviour::Silent, None);
                     self.close_with(now, CloseReason::IntroductionTimeout);
                 }
-                Timer::ReleaseBuffers => self.release_idle_buffers(),
+                Timer::ReleaseBuffers => self.release_idle_buffers(now),
             }
         }
     }
@@ -498,7 +518,13 @@ impl<S: Storage> Connection<S> {
             .set(Timer::Ping, after(now, self.config.ping_interval));
     }
 
-    fn release_idle_buffers(&mut self) {
+    fn release_idle_buffers(&mut self, now: Instant) {
+        // Buffers busy since the timer was armed get their full idle time again.
+        let due = self.last_busy + self.config.release_idle_buffers_after;
+        if now < due {
+            self.timers.set(Timer::ReleaseBuffers, due);
+            return;
+        }
         self.inbox.release_if_idle();
         if self.source.is_none() {
             self.outbox.high.release_if_empty();
@@ -549,31 +575,7 @@ impl<S: Storage> Connection<S> {
         if self.is_closed() {
             return Err(SendError::Closed(message));
         }
-        if message.header.service_id == SYSTEM_SERVICE {
-            return Err(SendError::Invalid(
-                message,
-                crate::frame::EncodeError::InvalidServiceId(SYSTEM_SERVICE),
-            ));
-        }
-        let result = match priority {
-            Priority::High if message.body.len() > self.encoder.chunk_size() => {
-                Err(Refused::TooLarge)
-            }
-            Priority::High => self
-                .outbox
-                .high
-                .push(&self.encoder, &message.header, message.body),
-            Priority::Normal => {
-                self.outbox
-                    .normal
-                    .push(&self.encoder, &message.header, message.body)
-            }
-        };
-        result.map_err(|refused| match refused {
-            Refused::Full => SendError::QueueFull(message),
-            Refused::TooLarge => SendError::TooLarge(message),
-            Refused::Invalid(e) => SendError::Invalid(message, e),
-        })
+        self.outbox.send(message, priority)
     }
 
     /// Command: queue a message encoded once for many connections (no copy).
@@ -588,15 +590,7 @@ impl<S: Storage> Connection<S> {
         if self.is_closed() {
             return Err(SendError::Closed(message.clone()));
         }
-        let result = match priority {
-            Priority::High if !message.is_single_frame() => Err(Refused::TooLarge),
-            Priority::High => self.outbox.high.push_shared(message),
-            Priority::Normal => self.outbox.normal.push_shared(message),
-        };
-        result.map_err(|refused| match refused {
-            Refused::TooLarge => SendError::TooLarge(message.clone()),
-            _ => SendError::QueueFull(message.clone()),
-        })
+        self.outbox.send_encoded(message, priority)
     }
 
     /// Command: close now. Received data not yet polled is dropped; the next event is
@@ -623,9 +617,9 @@ impl<S: Storage> Connection<S> {
         if points == 0 {
             return;
         }
-        self.score.decay(now, self.config.score_decay_per_hour);
-        self.score.points = self.score.points.saturating_add(points);
-        let score = self.score.points;
+        let score = self
+            .score
+            .add(now, points, self.config.score_decay_per_hour);
         self.notice(Notice::Misbehaved(kind, points, score));
         if score >= self.config.ban_threshold.get() && !self.is_closed() {
             // Nothing more from a banned peer reaches the application.
@@ -635,9 +629,29 @@ impl<S: Storage> Connection<S> {
     }
 
     fn notice(&mut self, event: Notice) {
-        // Parsing keeps NOTICE_RESERVE slots free, so only a flood of timer events could fill
-        // the queue; the score and the close still count in that case.
-        let _ = self.notices.push_back((self.inbox.parsed_count(), event));
+        let after = self.inbox.parsed_count();
+        if self.notices.push_back((after, event)).is_ok() {
+            return;
+        }
+        // Full (the application is not polling): merge into the latest notice of the same
+        // kind, so totals and the latest values survive. There are fewer kinds than slots.
+        for (_, old) in self.notices.iter_mut().rev() {
+            match (old, event) {
+                (Notice::Misbehaved(k, points, score), Notice::Misbehaved(k2, p2, s2))
+                    if *k == k2 =>
+                {
+                    *points = points.saturating_add(p2);
+                    *score = s2;
+                    return;
+                }
+                (Notice::Pong(rtt), Notice::Pong(r2)) => {
+                    *rtt = r2;
+                    return;
+                }
+                (Notice::Connected, Notice::Connected) => return,
+                _ => {}
+            }
+        }
     }
 
     fn close_with(&mut self, _now: Instant, reason: CloseReason) {
@@ -645,7 +659,7 @@ impl<S: Storage> Connection<S> {
             return;
         }
         self.state = State::Closed(reason);
-        self.inbox.stop();
+        self.inbox.close_input();
         self.timers.clear_all();
         self.source = None;
         self.frame_left = 0;
@@ -710,6 +724,9 @@ impl<S: Storage> Connection<S> {
     pub fn consume_transmit(&mut self, n: usize) {
         let mut n = n.min(self.returned);
         self.returned -= n;
+        if n > 0 {
+            self.last_busy = self.now;
+        }
         self.stats.bytes_out += n as u64;
         while n > 0 {
             let Some(source) = self.source else {
@@ -731,9 +748,14 @@ impl<S: Storage> Connection<S> {
             match source {
                 Source::Ping => self.ping_pending = false,
                 Source::Pong => self.pongs_owed -= 1,
-                // The written batch goes on into the next frame of the same queue.
-                Source::High if n > 0 => self.frame_left = frame_len(self.outbox.high.unsent()),
-                Source::Normal if n > 0 => self.frame_left = frame_len(self.outbox.normal.unsent()),
+                // The batch handed out goes on into the next frame of the same queue, in this
+                // call or a later one.
+                Source::High if n > 0 || self.returned > 0 => {
+                    self.frame_left = frame_len(self.outbox.high.unsent())
+                }
+                Source::Normal if n > 0 || self.returned > 0 => {
+                    self.frame_left = frame_len(self.outbox.normal.unsent())
+                }
                 Source::High | Source::Normal => {}
             }
             if self.frame_left == 0 {
@@ -745,19 +767,47 @@ impl<S: Storage> Connection<S> {
         }
     }
 
+    /// Whether [`Connection::poll_transmit`] has something to hand out.
+    pub fn wants_transmit(&self) -> bool {
+        self.state == State::Established && (self.frame_left > 0 || self.next_source().is_some())
+    }
+
     /// Output: when [`Connection::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
     }
 
+    /// What [`Connection::poll_event`] returns next: `Some(true)` for received data (which
+    /// borrows the connection), `Some(false)` for any other event, `None` for nothing. The
+    /// next `poll_event` returns exactly that event.
+    pub(crate) fn next_event_borrows(&mut self) -> Option<bool> {
+        self.prepare_event();
+        let delivery_due = self.inbox.has_delivery();
+        let notice_due = match self.notices.front() {
+            Some(&(after, _)) => after <= self.inbox.released_count() || !delivery_due,
+            None => false,
+        };
+        if notice_due {
+            Some(false)
+        } else if delivery_due {
+            Some(true)
+        } else if matches!(self.state, State::Closed(_)) && !self.closed_reported {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Lets go of the last event and parses what backpressure held back.
+    fn prepare_event(&mut self) {
+        self.inbox.release();
+        self.process_input(self.now);
+    }
+
     /// Output: the next event. What it borrows stays valid until the next call. After
     /// [`Event::Closed`] it returns `None` for good.
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
-        self.inbox.release();
-        if !self.is_closed() {
-            // Frames held back for backpressure can go on now.
-            self.process_input(self.now);
-        }
+        self.prepare_event();
         let released = self.inbox.released_count();
         let delivery_due = self.inbox.has_delivery();
         match self.notices.front() {
@@ -793,6 +843,47 @@ impl<S: Storage> Connection<S> {
             }
             _ => None,
         }
+    }
+
+    /// Closes at once for a reason decided outside (a ban of the peer's address): received
+    /// data not yet polled is dropped, as after [`Connection::close`].
+    pub(crate) fn force_close(&mut self, now: Instant, reason: CloseReason) {
+        let now = self.update_clock(now);
+        if self.is_closed() {
+            return;
+        }
+        self.inbox.clear();
+        self.notices.clear();
+        self.close_with(now, reason);
+    }
+
+    /// The messages not (fully) sent, whatever the state; partly sent ones start over.
+    pub(crate) fn into_outbox(mut self) -> Outbox<S> {
+        self.outbox.high.rewind();
+        self.outbox.normal.rewind();
+        self.outbox
+    }
+
+    /// Command: queue a message at high priority ahead of everything queued, before anything
+    /// was transmitted (a login that must be the first message).
+    #[allow(clippy::result_large_err)]
+    pub fn send_first<'a>(
+        &mut self,
+        now: Instant,
+        message: Message<'a>,
+    ) -> Result<(), SendError<Message<'a>>> {
+        self.update_clock(now);
+        if self.is_closed() {
+            return Err(SendError::Closed(message));
+        }
+        let outbox = &mut self.outbox;
+        if message.body.len() > outbox.encoder.chunk_size() || self.stats.bytes_out > 0 {
+            return Err(SendError::TooLarge(message));
+        }
+        outbox
+            .high
+            .push_front(&outbox.encoder, &message.header, message.body)
+            .map_err(|refused| refused.with(message))
     }
 
     /// Once closed: takes the messages that were not (fully) sent, to give to the next

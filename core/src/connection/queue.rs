@@ -48,6 +48,8 @@ pub enum SendError<M> {
     Invalid(M, EncodeError),
     /// The connection is closed.
     Closed(M),
+    /// The node has no connection with that id (it was removed).
+    UnknownConnection(M),
 }
 
 impl<M> SendError<M> {
@@ -57,7 +59,8 @@ impl<M> SendError<M> {
             SendError::QueueFull(m)
             | SendError::TooLarge(m)
             | SendError::Invalid(m, _)
-            | SendError::Closed(m) => m,
+            | SendError::Closed(m)
+            | SendError::UnknownConnection(m) => m,
         }
     }
 }
@@ -69,6 +72,7 @@ impl<M> fmt::Display for SendError<M> {
             SendError::TooLarge(_) => f.write_str("message too large for its queue"),
             SendError::Invalid(_, e) => write!(f, "invalid message: {e}"),
             SendError::Closed(_) => f.write_str("connection closed"),
+            SendError::UnknownConnection(_) => f.write_str("unknown connection"),
         }
     }
 }
@@ -148,6 +152,17 @@ pub(crate) enum Refused {
     Invalid(EncodeError),
 }
 
+impl Refused {
+    /// The error to give back with the message.
+    pub(crate) fn with<M>(self, message: M) -> SendError<M> {
+        match self {
+            Refused::Full => SendError::QueueFull(message),
+            Refused::TooLarge => SendError::TooLarge(message),
+            Refused::Invalid(e) => SendError::Invalid(message, e),
+        }
+    }
+}
+
 /// One priority's queue: encoded frames in `buf[head..tail]`, described message by message in
 /// `entries`; `sent` bytes of the front message have been transmitted.
 pub(crate) struct OutQueue<B, F> {
@@ -157,7 +172,9 @@ pub(crate) struct OutQueue<B, F> {
     sent: usize,
     entries: F,
     limit: usize,
+    /// Shared messages queued, and their bytes (they count against the byte bound too).
     shared: usize,
+    shared_bytes: usize,
 }
 
 impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
@@ -170,6 +187,7 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
             limit: limit.min(entries.max_len()),
             entries,
             shared: 0,
+            shared_bytes: 0,
         }
     }
 
@@ -184,16 +202,7 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
 
     /// Bytes still to transmit.
     pub(crate) fn pending_bytes(&self) -> usize {
-        let inline = self.tail - self.head;
-        #[cfg(feature = "alloc")]
-        let inline = inline
-            + (0..self.entries.len())
-                .filter_map(|i| match self.entries.get(i) {
-                    Some(QueueEntry(Entry::Shared(b))) => Some(b.len()),
-                    _ => None,
-                })
-                .sum::<usize>();
-        inline - self.sent
+        self.tail - self.head + self.shared_bytes - self.sent
     }
 
     /// Encodes a message at the back of the queue.
@@ -210,7 +219,9 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
         if needed > self.buf.max_capacity() {
             return Err(Refused::TooLarge);
         }
-        if self.entries.len() >= self.limit {
+        if self.entries.len() >= self.limit
+            || self.tail - self.head + self.shared_bytes + needed > self.buf.max_capacity()
+        {
             return Err(Refused::Full);
         }
         let at = self.make_room(needed).ok_or(Refused::Full)?;
@@ -226,16 +237,57 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
         Ok(())
     }
 
+    /// Encodes a message at the front of the queue; only before anything was transmitted.
+    pub(crate) fn push_front(
+        &mut self,
+        encoder: &FrameEncoder,
+        header: &Header,
+        body: &[u8],
+    ) -> Result<(), Refused> {
+        encoder
+            .check(header, body.len())
+            .map_err(Refused::Invalid)?;
+        let needed = encoder.encoded_len(header, body.len());
+        if self.sent > 0 || needed > self.buf.max_capacity() {
+            return Err(Refused::TooLarge);
+        }
+        if self.entries.len() >= self.limit
+            || self.tail - self.head + self.shared_bytes + needed > self.buf.max_capacity()
+        {
+            return Err(Refused::Full);
+        }
+        let at = self.make_room(needed).ok_or(Refused::Full)?;
+        // Move the queued bytes up to make a gap at the head, then encode into it.
+        let head = self.head;
+        self.buf.bytes_mut().copy_within(head..at, head + needed);
+        let mut sink = SliceSink::new(&mut self.buf.bytes_mut()[head..head + needed]);
+        encoder
+            .encode(header, body, &mut sink)
+            .map_err(Refused::Invalid)?;
+        self.entries
+            .push_front(QueueEntry(Entry::Inline(needed)))
+            .map_err(|_| Refused::Full)?;
+        self.tail = at + needed;
+        Ok(())
+    }
+
     /// Queues frames encoded elsewhere.
     #[cfg(feature = "alloc")]
     pub(crate) fn push_shared(&mut self, frames: &EncodedMessage) -> Result<(), Refused> {
-        if self.entries.len() >= self.limit {
+        let len = frames.frames.len();
+        if len > self.buf.max_capacity() {
+            return Err(Refused::TooLarge);
+        }
+        if self.entries.len() >= self.limit
+            || self.tail - self.head + self.shared_bytes + len > self.buf.max_capacity()
+        {
             return Err(Refused::Full);
         }
         self.entries
             .push_back(QueueEntry(Entry::Shared(frames.frames.clone())))
             .map_err(|_| Refused::Full)?;
         self.shared += 1;
+        self.shared_bytes += len;
         Ok(())
     }
 
@@ -257,34 +309,22 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
         Some(self.tail)
     }
 
-    /// The bytes to transmit next: the rest of the front message and, when they lie in the
-    /// same buffer, the messages after it.
+    /// The bytes to transmit next: the rest of the front message and, while no shared message
+    /// is queued, all the messages after it (they lie in the same buffer).
     pub(crate) fn unsent(&self) -> &[u8] {
         match self.entries.front() {
             None => &[],
-            Some(QueueEntry(Entry::Inline(_))) => {
+            Some(QueueEntry(Entry::Inline(len))) => {
                 let end = if self.shared == 0 {
                     self.tail
                 } else {
-                    self.inline_run_end()
+                    self.head + len
                 };
                 &self.buf.bytes()[self.head + self.sent..end]
             }
             #[cfg(feature = "alloc")]
             Some(QueueEntry(Entry::Shared(b))) => &b[self.sent..],
         }
-    }
-
-    /// End of the run of inline messages at the front.
-    fn inline_run_end(&self) -> usize {
-        let mut end = self.head;
-        for i in 0..self.entries.len() {
-            match self.entries.get(i) {
-                Some(QueueEntry(Entry::Inline(n))) => end += n,
-                _ => break,
-            }
-        }
-        end
     }
 
     /// Marks `n` bytes of [`OutQueue::unsent`] as transmitted; returns how many messages that
@@ -311,7 +351,10 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
         match self.entries.pop_front() {
             Some(QueueEntry(Entry::Inline(len))) => self.head += len,
             #[cfg(feature = "alloc")]
-            Some(QueueEntry(Entry::Shared(_))) => self.shared -= 1,
+            Some(QueueEntry(Entry::Shared(b))) => {
+                self.shared -= 1;
+                self.shared_bytes -= b.len();
+            }
             None => {}
         }
         self.sent = 0;
@@ -423,6 +466,24 @@ mod tests {
         q.advance(100);
         q.rewind();
         assert_eq!(q.unsent(), &whole[..]);
+    }
+
+    #[test]
+    fn push_front_goes_first() {
+        let enc = FrameEncoder::new();
+        let mut q = q(1 << 20, 10);
+        q.push(&enc, &Header::new(1, 1), b"second").unwrap();
+        q.push_front(&enc, &Header::new(1, 0), b"first").unwrap();
+        let mut wire = Vec::new();
+        enc.encode(&Header::new(1, 0), b"first", &mut wire).unwrap();
+        enc.encode(&Header::new(1, 1), b"second", &mut wire)
+            .unwrap();
+        assert_eq!(q.unsent(), &wire[..]);
+        q.advance(3);
+        assert_eq!(
+            q.push_front(&enc, &Header::new(1, 0), b"x"),
+            Err(Refused::TooLarge)
+        );
     }
 
     #[test]

@@ -589,3 +589,116 @@ fn memory_of_one_connection() {
     c.handle_timeout(t(2));
     assert_eq!((c.heap_usage().total(), s.heap_usage().total()), (0, 0));
 }
+
+#[test]
+fn notices_merge_rather_than_vanish() {
+    let (_, mut s) = pair(Config::default());
+    for _ in 0..40 {
+        s.punish(1);
+    }
+    let events = drain(&mut s);
+    let total: u32 = events
+        .iter()
+        .map(|e| match e {
+            Ev::Misbehaved(_, points, _) => *points,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, 40);
+    assert_eq!(
+        events.last(),
+        Some(&Ev::Misbehaved(Misbehaviour::Application, 25, 40))
+    );
+}
+
+#[test]
+fn the_end_of_time_does_not_hang() {
+    let (mut c, mut s) = pair(Config::default());
+    c.handle_timeout(Instant::MAX);
+    s.handle_input(Instant::MAX, &PING_FRAME);
+    s.handle_timeout(Instant::MAX);
+    assert!(c.poll_timeout().is_none_or(|at| at > Instant::MAX));
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn everything_received_before_eof_is_delivered() {
+    let (_, mut s) = pair(Config::default());
+    let mut wire = Vec::new();
+    let enc = FrameEncoder::new();
+    enc.encode(&Header::new(1, 1), &[7; 9000], &mut wire)
+        .unwrap();
+    enc.encode(&Header::new(1, 2), &[8; 9000], &mut wire)
+        .unwrap();
+    enc.encode(&Header::new(1, 3), b"hello", &mut wire).unwrap();
+    assert_eq!(s.handle_input(t(1), &wire), wire.len());
+    s.handle_eof(t(2));
+    let ids: Vec<Ev> = drain(&mut s)
+        .into_iter()
+        .map(|e| match e {
+            Ev::Message(h, b) => Ev::Message(h, b[..1].to_vec()),
+            other => other,
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            Ev::Message(Header::new(1, 1), vec![7]),
+            Ev::Message(Header::new(1, 2), vec![8]),
+            Ev::Message(Header::new(1, 3), b"h".to_vec()),
+            Ev::Closed(CloseReason::Eof)
+        ]
+    );
+}
+
+#[test]
+fn one_poll_may_be_consumed_in_pieces() {
+    let (mut c, mut s) = pair(Config::default());
+    c.send(t(0), msg(1, 1, b""), Priority::Normal).unwrap();
+    c.send(t(0), msg(1, 2, b""), Priority::Normal).unwrap();
+    let batch = c.poll_transmit().unwrap().to_vec();
+    assert_eq!(batch.len(), 14);
+    // The first call ends exactly on a frame boundary.
+    c.consume_transmit(7);
+    c.consume_transmit(7);
+    assert_eq!(c.poll_transmit(), None);
+    assert_eq!(c.stats().bytes_out, 14);
+    let mut events = Vec::new();
+    feed(t(0), &mut s, &batch, &mut events);
+    events.extend(drain(&mut s));
+    assert_eq!(events.len(), 2);
+}
+
+#[test]
+fn fixed_storage_without_reassembly_takes_sequences_in_chunks() {
+    let mut s: Connection<Fixed> = Connection::accepted(t(0), Config::default());
+    let mut wire = Vec::new();
+    FrameEncoder::new()
+        .encode(&Header::new(1, 1), &body(8001), &mut wire)
+        .unwrap();
+    s.handle_input(t(1), &wire);
+    let events = drain(&mut s);
+    assert!(matches!(events[0], Ev::SeqStart(_, 8001)));
+    assert_eq!(events.last(), Some(&Ev::SeqEnd(8001)));
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn the_release_timer_waits_for_a_full_idle_period() {
+    let (mut c, mut s) = pair(Config::default());
+    c.send(t(0), msg(1, 1, b"x"), Priority::Normal).unwrap();
+    pump(t(0), &mut c, &mut s);
+    assert_eq!(c.timers.get(Timer::ReleaseBuffers), Some(t(2)));
+    let big = body(1 << 20);
+    c.send(
+        Instant::from_millis(1990),
+        msg(1, 2, &big),
+        Priority::Normal,
+    )
+    .unwrap();
+    pump(Instant::from_millis(1990), &mut c, &mut s);
+    c.handle_timeout(t(2));
+    assert!(c.heap_usage().normal_queue > 1 << 20, "idle for 10 ms only");
+    c.handle_timeout(Instant::from_millis(3990));
+    assert_eq!(c.heap_usage().normal_queue, 0);
+}

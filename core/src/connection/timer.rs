@@ -33,8 +33,10 @@ impl Timer {
 pub(crate) struct TimerTable([Option<Instant>; 5]);
 
 impl TimerTable {
+    /// Arms `timer`. A deadline at [`Instant::MAX`] means "never" (the clock cannot pass it),
+    /// so it is not armed: at the end of time nothing may be due for ever.
     pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
-        self.0[timer as usize] = Some(at);
+        self.0[timer as usize] = (at < Instant::MAX).then_some(at);
     }
 
     pub(crate) fn clear(&mut self, timer: Timer) {
@@ -83,6 +85,8 @@ mod tests {
             Some(Timer::PingDeadline)
         );
         assert_eq!(t.pop_expired(Instant::from_secs(200)), None);
+        t.set(Timer::Introduction, Instant::MAX);
+        assert_eq!(t.get(Timer::Introduction), None);
         t.set(Timer::Introduction, Instant::ZERO);
         t.clear_all();
         assert_eq!(t.next(), None);

@@ -1,0 +1,1391 @@
+//! Many connections: admission and bans, service routing, requests, broadcast and reconnect
+//! decisions, as one state machine with no I/O.
+//!
+//! The adapter tells the node what happens on its sockets and clock ([`Node::accept`],
+//! [`Node::handle_connected`], [`Node::handle_input`], [`Node::handle_eof`],
+//! [`Node::handle_timeout`]) and does what [`Node::poll_output`] asks: open or close a TCP
+//! connection, write a connection's bytes ([`Node::poll_transmit`]), hand an event or message to
+//! the application, persist a ban.
+//!
+//! Connections are named by [`ConnId`]s that carry a generation: an id whose connection is
+//! gone is refused with a typed error, never mistaken for a newer connection. An outgoing
+//! connection keeps its id across reconnects, and what was queued on it goes out after the
+//! reconnect (at-least-once: a message that was partly written when the connection dropped is
+//! sent again from its start).
+
+mod admission;
+mod bounded;
+mod routing;
+
+pub use admission::BanRecord;
+pub use routing::{HandleId, HandleSet, MAX_HANDLES, MAX_SUBSCRIPTIONS, RouteError, Scope};
+
+#[cfg(feature = "alloc")]
+use crate::connection::EncodedMessage;
+use crate::connection::{
+    CloseReason, Config, Connection, Event, Message, Outbox, Priority, Role, SendError,
+};
+use crate::header::{Header, tags};
+use crate::storage::{DefaultStorage, Storage};
+use crate::time::Instant;
+use admission::{AllowList, Bans, RateLimiter, Scores};
+use bounded::{List, Map, MinHeap};
+use core::fmt;
+use core::net::{IpAddr, SocketAddr};
+use core::num::{NonZeroU32, NonZeroUsize};
+use core::time::Duration;
+use routing::Router;
+
+/// Connection slots without `alloc`.
+const FIXED_CONNECTIONS: usize = 4;
+/// Pending requests without `alloc`.
+const FIXED_REQUESTS: usize = 16;
+/// Timer entries without `alloc`.
+const FIXED_TIMERS: usize = 64;
+/// Queued node outputs without `alloc`.
+const FIXED_OUTPUTS: usize = 64;
+
+/// A connection of a [`Node`]. Stays valid across reconnects of an outgoing connection; once
+/// the connection is removed, every call with it fails with [`NodeError::UnknownConnection`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    pub(crate) const fn new(index: u32, generation: u32) -> Self {
+        ConnId { index, generation }
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}.{}", self.index, self.generation)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A request made with [`Node::request`]: its RequestId (header tag 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub i32);
+
+/// Why a request got no reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No reply within the timeout.
+    Timeout,
+    /// The connection was removed (closed for good).
+    Closed,
+}
+
+/// Misuse of a [`Node`] API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The id names no connection (it was removed, or never existed).
+    UnknownConnection(ConnId),
+    /// [`NodeConfig::max_connections`] connections exist.
+    TooManyConnections,
+    /// A routing table is full, or the handle is unknown.
+    Route(RouteError),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::UnknownConnection(id) => write!(f, "unknown connection {id}"),
+            NodeError::TooManyConnections => f.write_str("connection limit reached"),
+            NodeError::Route(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for NodeError {}
+
+impl From<RouteError> for NodeError {
+    fn from(e: RouteError) -> Self {
+        NodeError::Route(e)
+    }
+}
+
+/// Why an incoming connection was refused at accept (close the socket at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refused {
+    /// The address is banned until then.
+    Banned {
+        /// When the ban ends.
+        until: Instant,
+    },
+    /// The NetProtect rate limiter refused it (spec §7.3).
+    RateLimited,
+    /// [`NodeConfig::max_connections_per_ip`] connections from this address exist.
+    TooManyFromAddress,
+    /// [`NodeConfig::max_connections`] connections exist.
+    Full,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::Banned { until } => write!(f, "banned until {until}"),
+            Refused::RateLimited => f.write_str("connecting too often"),
+            Refused::TooManyFromAddress => f.write_str("too many connections from this address"),
+            Refused::Full => f.write_str("connection limit reached"),
+        }
+    }
+}
+
+impl core::error::Error for Refused {}
+
+/// A login cookie for the historical API login (spec §6.2), at most 128 bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Cookie(heapless::Vec<u8, 128>);
+
+impl Cookie {
+    /// A cookie from its text (the first line of the Hub's `api-cookie` file); `None` if it is
+    /// longer than 128 bytes.
+    pub fn new(text: &[u8]) -> Option<Self> {
+        heapless::Vec::from_slice(text).ok().map(Cookie)
+    }
+
+    /// The cookie's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cookie({} bytes)", self.0.len())
+    }
+}
+
+/// The historical login: service 1, message 0, body tag 2 = the cookie as a string.
+const LOGIN_SERVICE: i32 = 1;
+const LOGIN_MESSAGE: i32 = 0;
+const LOGIN_TAG: u32 = 2;
+
+/// Settings of a [`Node`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Settings of every connection (its own ban threshold is replaced by the node's per-IP
+    /// one).
+    pub connection: Config,
+    /// Connections the node holds at most (without `alloc` also at most 4).
+    pub max_connections: NonZeroUsize,
+    /// Incoming connections allowed at once from one address (the Hub's
+    /// `-api_connection_per_ip`); `None`: no limit.
+    pub max_connections_per_ip: Option<NonZeroU32>,
+    /// Per-IP score at which an address is banned (C++: 1000).
+    pub ban_threshold: NonZeroU32,
+    /// How long a ban lasts (C++: 24 h).
+    pub ban_duration: Duration,
+    /// Points a per-IP score loses per hour (C++: 100).
+    pub score_decay_per_hour: u32,
+    /// Bans kept at most; when full, the ban ending soonest makes room.
+    pub max_bans: NonZeroUsize,
+    /// Per-IP scores kept at most; when full, the lowest score makes room.
+    pub max_scores: NonZeroUsize,
+    /// The Hub's NetProtect rate limiter on incoming connections (loopback and allowed
+    /// addresses exempt).
+    pub rate_limit: bool,
+    /// Entries the rate limiter's log keeps at most.
+    pub rate_log_len: NonZeroUsize,
+    /// Addresses the allow-list holds at most.
+    pub max_allowed: NonZeroUsize,
+    /// Delay before reconnecting after an established outgoing connection dropped (the C++ waits
+    /// 15 s by accident). A connection that never received a frame counts as a failed connect
+    /// and backs off instead, so a peer that closes at once is not hammered.
+    pub reconnect_after_drop: Duration,
+    /// Requests waiting for a reply, at most.
+    pub max_pending_requests: NonZeroUsize,
+    /// Outgoing connections log in with this cookie first thing after every connect (the
+    /// historical API login; off by default).
+    pub login_cookie: Option<Cookie>,
+    /// Incoming connections must log in with this cookie as their first message (within the
+    /// introduction window, 4 s unless configured); off by default.
+    pub require_login: Option<Cookie>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            connection: Config::default(),
+            max_connections: nz(10_000),
+            max_connections_per_ip: None,
+            ban_threshold: NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN),
+            ban_duration: Duration::from_secs(24 * 3600),
+            score_decay_per_hour: 100,
+            max_bans: nz(10_000),
+            max_scores: nz(10_000),
+            rate_limit: false,
+            rate_log_len: nz(4096),
+            max_allowed: nz(64),
+            reconnect_after_drop: Duration::ZERO,
+            max_pending_requests: nz(10_000),
+            login_cookie: None,
+            require_login: None,
+        }
+    }
+}
+
+const fn nz(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => NonZeroUsize::MIN,
+    }
+}
+
+/// Something the adapter must do or tell the application. Borrowed data stays valid until
+/// the next call on the node.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output<'a> {
+    /// Open a TCP connection to `addr` for `id`, then call [`Node::handle_connected`] or
+    /// [`Node::handle_connect_failed`].
+    Connect {
+        /// The connection.
+        id: ConnId,
+        /// Where to.
+        addr: SocketAddr,
+    },
+    /// `id` has bytes to write: call [`Node::poll_transmit`] until it returns `None`. Said
+    /// once until then.
+    Transmit {
+        /// The connection.
+        id: ConnId,
+    },
+    /// Close the TCP connection of `id` now.
+    Disconnect {
+        /// The connection.
+        id: ConnId,
+    },
+    /// A connection event (not a message): connected, pong, misbehaviour, sequence chunks,
+    /// closed.
+    Event {
+        /// The connection.
+        id: ConnId,
+        /// The event.
+        event: Event<'a>,
+        /// Handles scoped to this connection.
+        handles: HandleSet,
+    },
+    /// A message, for the handles subscribed to it (none: no service claims it).
+    Message {
+        /// The connection it came on.
+        id: ConnId,
+        /// The message.
+        message: Message<'a>,
+        /// Handles subscribed to it.
+        handles: HandleSet,
+    },
+    /// The reply to a request made with [`Node::request`].
+    Reply {
+        /// The connection.
+        id: ConnId,
+        /// The request it answers.
+        request: RequestId,
+        /// The reply.
+        message: Message<'a>,
+    },
+    /// A request will get no reply.
+    RequestFailed {
+        /// The connection.
+        id: ConnId,
+        /// The request.
+        request: RequestId,
+        /// Why.
+        error: RequestError,
+    },
+    /// An outgoing connection will reconnect at `at` (an [`Output::Connect`] follows then).
+    Reconnecting {
+        /// The connection.
+        id: ConnId,
+        /// When.
+        at: Instant,
+        /// Failed attempts in a row so far (0 after a drop of a healthy connection).
+        attempt: u32,
+    },
+    /// The connection is gone for good; its id is no longer valid. `unsent` messages
+    /// (high priority, normal) were still queued and are dropped.
+    Removed {
+        /// The connection.
+        id: ConnId,
+        /// Messages that were never sent.
+        unsent: (usize, usize),
+    },
+    /// An address was banned (persist it with [`Node::export_bans`]).
+    Banned {
+        /// The address.
+        ip: IpAddr,
+        /// Until when.
+        until: Instant,
+    },
+    /// A ban ended.
+    Unbanned {
+        /// The address.
+        ip: IpAddr,
+    },
+}
+
+/// Table sizes of a [`Node`] (see [`Node::usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeUsage {
+    /// Connections held (at most [`NodeConfig::max_connections`]).
+    pub connections: usize,
+    /// Connection slots allocated, free ones included (same bound).
+    pub slots: usize,
+    /// Bans (at most [`NodeConfig::max_bans`]).
+    pub bans: usize,
+    /// Per-IP scores (at most [`NodeConfig::max_scores`]).
+    pub scores: usize,
+    /// Rate limiter log entries (at most [`NodeConfig::rate_log_len`]).
+    pub rate_log: usize,
+    /// Requests waiting for replies (at most [`NodeConfig::max_pending_requests`]).
+    pub requests: usize,
+    /// Timer entries (a small multiple of connections plus requests).
+    pub timers: usize,
+    /// Outputs waiting to be polled.
+    pub queued_outputs: usize,
+}
+
+/// Outputs the node makes itself (owned, queued).
+#[derive(Clone, Copy, Debug)]
+enum Queued {
+    Connect(ConnId, SocketAddr),
+    Disconnect(ConnId),
+    RequestFailed(ConnId, RequestId, RequestError),
+    Reconnecting(ConnId, Instant, u32),
+    Removed(ConnId, (usize, usize)),
+    Banned(IpAddr, Instant),
+    Unbanned(IpAddr),
+}
+
+impl Queued {
+    fn output(self) -> Output<'static> {
+        match self {
+            Queued::Connect(id, addr) => Output::Connect { id, addr },
+            Queued::Disconnect(id) => Output::Disconnect { id },
+            Queued::RequestFailed(id, request, error) => {
+                Output::RequestFailed { id, request, error }
+            }
+            Queued::Reconnecting(id, at, attempt) => Output::Reconnecting { id, at, attempt },
+            Queued::Removed(id, unsent) => Output::Removed { id, unsent },
+            Queued::Banned(ip, until) => Output::Banned { ip, until },
+            Queued::Unbanned(ip) => Output::Unbanned { ip },
+        }
+    }
+}
+
+/// Whether we opened a connection or accepted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+// Slots hold a live connection most of the time, and boxing it would need an allocator.
+#[allow(clippy::large_enum_variant)]
+enum State<S: Storage> {
+    Free,
+    Live(Connection<S>),
+    /// Outgoing, between TCP connections: reconnect at `at`.
+    Waiting {
+        outbox: Outbox<S>,
+        at: Instant,
+    },
+}
+
+struct Slot<S: Storage> {
+    generation: u32,
+    state: State<S>,
+    direction: Direction,
+    peer: SocketAddr,
+    /// Failed connects in a row (the C++ backoff step).
+    attempts: u32,
+    /// Earliest deadline in the timer heap for this slot.
+    scheduled: Option<Instant>,
+    in_ready: bool,
+    transmit_notified: bool,
+    awaiting_login: bool,
+}
+
+/// Timer heap keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Slot(u32),
+    Request(i32),
+    Bans,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    conn: ConnId,
+    deadline: Instant,
+}
+
+/// The C++ reconnect backoff after failed connects: ⌊s³/2⌋ seconds for step s < 5, else 44.
+pub fn connect_backoff(attempt: u32) -> Duration {
+    match attempt {
+        0..=4 => Duration::from_secs(u64::from(attempt.pow(3) / 2)),
+        _ => Duration::from_secs(44),
+    }
+}
+
+/// Many connections with admission, routing, requests, broadcast and reconnects. See the
+/// [module documentation](self).
+pub struct Node<S: Storage = DefaultStorage> {
+    config: NodeConfig,
+    now: Instant,
+    slots: List<Slot<S>, FIXED_CONNECTIONS>,
+    free: List<u32, FIXED_CONNECTIONS>,
+    live: usize,
+    ready: List<u32, FIXED_CONNECTIONS>,
+    queued: bounded::Queue<Queued, FIXED_OUTPUTS>,
+    timers: MinHeap<(Instant, Key), FIXED_TIMERS>,
+    bans: Bans,
+    scores: Scores,
+    rate: RateLimiter,
+    allowed: AllowList,
+    router: Router,
+    requests: Map<i32, Pending, FIXED_REQUESTS>,
+    next_request: i32,
+}
+
+impl<S: Storage> fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("now", &self.now)
+            .field("connections", &self.live)
+            .field("bans", &self.bans.len())
+            .field("requests", &self.requests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage> Node<S> {
+    /// A node with no connections.
+    pub fn new(now: Instant, config: NodeConfig) -> Self {
+        let max = config.max_connections.get();
+        Node {
+            now,
+            slots: List::new(max),
+            free: List::new(max),
+            live: 0,
+            ready: List::new(max),
+            queued: bounded::Queue::new(),
+            timers: MinHeap::new(usize::MAX),
+            bans: Bans::new(config.max_bans.get()),
+            scores: Scores::new(config.max_scores.get(), config.score_decay_per_hour),
+            rate: RateLimiter::new(config.rate_log_len.get()),
+            allowed: AllowList::new(config.max_allowed.get()),
+            router: Router::new(),
+            requests: Map::new(config.max_pending_requests.get()),
+            next_request: 0,
+            config,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// How full each table is, to check against the configured bounds.
+    pub fn usage(&self) -> NodeUsage {
+        NodeUsage {
+            connections: self.live,
+            slots: self.slots.len(),
+            bans: self.bans.len(),
+            scores: self.scores.len(),
+            rate_log: self.rate.len(),
+            requests: self.requests.len(),
+            timers: self.timers.len(),
+            queued_outputs: self.queued.len(),
+        }
+    }
+
+    /// Connections held (live or waiting to reconnect).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether the node holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn tick(&mut self, now: Instant) -> Instant {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+
+    fn connection_config(&self, direction: Direction) -> Config {
+        let mut c = self.config.connection;
+        // The node bans per address; a connection never bans itself first.
+        c.ban_threshold = NonZeroU32::MAX;
+        if direction == Direction::Incoming && self.config.require_login.is_some() {
+            c.introduction_timeout = c.introduction_timeout.or(Some(Duration::from_secs(4)));
+        }
+        c
+    }
+
+    fn slot(&self, id: ConnId) -> Result<&Slot<S>, NodeError> {
+        match self.slots.get(id.index as usize) {
+            Some(s) if s.generation == id.generation && !matches!(s.state, State::Free) => Ok(s),
+            _ => Err(NodeError::UnknownConnection(id)),
+        }
+    }
+
+    fn slot_mut(&mut self, id: ConnId) -> Result<&mut Slot<S>, NodeError> {
+        match self.slots.get_mut(id.index as usize) {
+            Some(s) if s.generation == id.generation && !matches!(s.state, State::Free) => Ok(s),
+            _ => Err(NodeError::UnknownConnection(id)),
+        }
+    }
+
+    fn id_of(&self, index: u32) -> ConnId {
+        let generation = self.slots.get(index as usize).map_or(0, |s| s.generation);
+        ConnId::new(index, generation)
+    }
+
+    /// Takes a free slot for a new connection.
+    fn allocate(
+        &mut self,
+        state: State<S>,
+        direction: Direction,
+        peer: SocketAddr,
+    ) -> Option<ConnId> {
+        if self.live >= self.config.max_connections.get() {
+            return None;
+        }
+        let slot = Slot {
+            generation: 1,
+            state,
+            direction,
+            peer,
+            attempts: 0,
+            scheduled: None,
+            in_ready: false,
+            transmit_notified: false,
+            awaiting_login: direction == Direction::Incoming && self.config.require_login.is_some(),
+        };
+        let index = match self.free.pop() {
+            Some(i) => {
+                let old = self.slots.get_mut(i as usize)?;
+                let generation = old.generation.wrapping_add(1).max(1);
+                *old = Slot { generation, ..slot };
+                i
+            }
+            None => {
+                let i = self.slots.len() as u32;
+                self.slots.push(slot).ok()?;
+                i
+            }
+        };
+        self.live += 1;
+        Some(self.id_of(index))
+    }
+
+    /// Command: open a connection to `addr` (an [`Output::Connect`] follows). Messages can be
+    /// sent to it at once; they wait until it is up.
+    pub fn connect(&mut self, now: Instant, addr: SocketAddr) -> Result<ConnId, NodeError> {
+        let now = self.tick(now);
+        let conn = Connection::connecting(now, self.connection_config(Direction::Outgoing));
+        let id = self
+            .allocate(State::Live(conn), Direction::Outgoing, addr)
+            .ok_or(NodeError::TooManyConnections)?;
+        self.queue(Queued::Connect(id, addr));
+        Ok(id)
+    }
+
+    /// Input: a TCP connection from `peer` was accepted. Refused ones must be closed at once.
+    pub fn accept(&mut self, now: Instant, peer: SocketAddr) -> Result<ConnId, Refused> {
+        let now = self.tick(now);
+        let ip = peer.ip();
+        let exempt = self.allowed.contains(ip);
+        if !exempt {
+            if let Some(until) = self.bans.banned_until(ip, now) {
+                return Err(Refused::Banned { until });
+            }
+            if self.config.rate_limit
+                && !ip.to_canonical().is_loopback()
+                && !self.rate.allows(ip, now)
+            {
+                return Err(Refused::RateLimited);
+            }
+            if let Some(max) = self.config.max_connections_per_ip {
+                let from_ip = self
+                    .slots
+                    .iter()
+                    .filter(|s| {
+                        matches!(s.state, State::Live(_))
+                            && s.direction == Direction::Incoming
+                            && admission::canonical(s.peer.ip()) == admission::canonical(ip)
+                    })
+                    .count();
+                if from_ip >= max.get() as usize {
+                    return Err(Refused::TooManyFromAddress);
+                }
+            }
+        }
+        let conn = Connection::accepted(now, self.connection_config(Direction::Incoming));
+        let id = self
+            .allocate(State::Live(conn), Direction::Incoming, peer)
+            .ok_or(Refused::Full)?;
+        if !exempt && self.config.rate_limit {
+            self.rate.record(ip, now);
+        }
+        self.touch(id.index);
+        Ok(id)
+    }
+
+    /// Input: the TCP connect for `id` succeeded.
+    pub fn handle_connected(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
+        let now = self.tick(now);
+        let cookie = self.config.login_cookie.clone();
+        let slot = self.slot_mut(id)?;
+        if let State::Live(conn) = &mut slot.state {
+            conn.handle_connected(now);
+            if let Some(cookie) = cookie {
+                let mut body = [0u8; 140];
+                let mut w = crate::cmf::Writer::new(&mut body[..]);
+                w.add(LOGIN_TAG, crate::cmf::Value::String(cookie.as_bytes()));
+                if let Ok(body) = w.finish() {
+                    let header = Header::new(LOGIN_SERVICE, LOGIN_MESSAGE);
+                    let _ = conn.send_first(now, Message::new(header, body));
+                }
+            }
+        }
+        self.touch(id.index);
+        Ok(())
+    }
+
+    /// Input: the TCP connect for `id` failed. The node decides when to try again
+    /// (backoff 0, 4, 13, 32, 44, 44… s).
+    pub fn handle_connect_failed(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
+        let now = self.tick(now);
+        let slot = self.slot_mut(id)?;
+        if !matches!(&slot.state, State::Live(c) if !c.is_established() && !c.is_closed()) {
+            return Ok(());
+        }
+        let State::Live(conn) = core::mem::replace(&mut slot.state, State::Free) else {
+            return Ok(());
+        };
+        slot.attempts += 1;
+        let attempt = slot.attempts;
+        let at = now + connect_backoff(attempt);
+        slot.state = State::Waiting {
+            outbox: conn.into_outbox(),
+            at,
+        };
+        self.queue(Queued::Reconnecting(id, at, attempt));
+        self.touch(id.index);
+        Ok(())
+    }
+
+    /// Input: bytes from `id`'s socket; returns how many were taken (see
+    /// [`Connection::handle_input`]).
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        data: &[u8],
+    ) -> Result<usize, NodeError> {
+        let now = self.tick(now);
+        let slot = self.slot_mut(id)?;
+        let n = match &mut slot.state {
+            State::Live(conn) => conn.handle_input(now, data),
+            _ => data.len(),
+        };
+        self.touch(id.index);
+        Ok(n)
+    }
+
+    /// Input: `id`'s socket reached EOF or broke.
+    pub fn handle_eof(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
+        let now = self.tick(now);
+        let slot = self.slot_mut(id)?;
+        if let State::Live(conn) = &mut slot.state {
+            conn.handle_eof(now);
+        }
+        self.touch(id.index);
+        Ok(())
+    }
+
+    /// Input: the clock reached [`Node::poll_timeout`] (extra calls are harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.tick(now);
+        while let Some((at, key)) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match key {
+                Key::Slot(index) => self.slot_timeout(now, index, at),
+                Key::Request(rid) => {
+                    if self.requests.get(&rid).is_some_and(|p| p.deadline <= now) {
+                        if let Some(p) = self.requests.remove(&rid) {
+                            self.queue(Queued::RequestFailed(
+                                p.conn,
+                                RequestId(rid),
+                                RequestError::Timeout,
+                            ));
+                        }
+                    }
+                }
+                Key::Bans => {
+                    let queued = &mut self.queued;
+                    self.bans
+                        .expire(now, |ip| queued.push(Queued::Unbanned(ip)));
+                    self.scores.prune(now);
+                    if let Some(next) = self.bans.next_expiry() {
+                        self.timers.push((next, Key::Bans));
+                    }
+                }
+            }
+        }
+    }
+
+    fn slot_timeout(&mut self, now: Instant, index: u32, at: Instant) {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if slot.scheduled != Some(at) {
+            return; // stale entry
+        }
+        slot.scheduled = None;
+        match &mut slot.state {
+            State::Live(conn) => conn.handle_timeout(now),
+            State::Waiting { at, .. } if *at <= now => {
+                let State::Waiting { outbox, .. } =
+                    core::mem::replace(&mut slot.state, State::Free)
+                else {
+                    return;
+                };
+                let mut config = self.config.connection;
+                config.ban_threshold = NonZeroU32::MAX;
+                slot.state = State::Live(Connection::with_outbox(
+                    now,
+                    Role::Connecting,
+                    config,
+                    outbox,
+                ));
+                slot.transmit_notified = false;
+                let (id, addr) = (ConnId::new(index, slot.generation), slot.peer);
+                self.queue(Queued::Connect(id, addr));
+            }
+            _ => {}
+        }
+        self.touch(index);
+    }
+
+    /// Marks a slot for event polling and brings its timer up to date.
+    fn touch(&mut self, index: u32) {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if !slot.in_ready {
+            slot.in_ready = true;
+            let _ = self.ready.push(index);
+        }
+        self.schedule(index);
+    }
+
+    fn push_timer(&mut self, at: Instant, key: Key) {
+        // Stale entries are skipped when they come up; if they pile up, start over from the
+        // deadlines that are current.
+        let bound = 4 * (self.slots.len() + self.requests.len()) + 64;
+        if self.timers.len() >= bound {
+            self.rebuild_timers();
+        }
+        self.timers.push((at, key));
+    }
+
+    fn rebuild_timers(&mut self) {
+        self.timers.clear();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            s.scheduled = match &s.state {
+                State::Live(conn) => conn.poll_timeout(),
+                State::Waiting { at, .. } => Some(*at),
+                State::Free => None,
+            };
+            if let Some(d) = s.scheduled {
+                self.timers.push((d, Key::Slot(i as u32)));
+            }
+        }
+        for (rid, p) in self.requests.iter() {
+            self.timers.push((p.deadline, Key::Request(*rid)));
+        }
+        if let Some(next) = self.bans.next_expiry() {
+            self.timers.push((next, Key::Bans));
+        }
+    }
+
+    fn queue(&mut self, q: Queued) {
+        self.queued.push(q);
+    }
+
+    /// Output: when [`Node::handle_timeout`] should be called next (possibly a little early).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|(at, _)| at)
+    }
+
+    /// Command: queue a message on `id` (see [`Connection::send`]).
+    #[allow(clippy::result_large_err)]
+    pub fn send<'a>(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        message: Message<'a>,
+        priority: Priority,
+    ) -> Result<(), SendError<Message<'a>>> {
+        let now = self.tick(now);
+        let Ok(slot) = self.slot_mut(id) else {
+            return Err(SendError::UnknownConnection(message));
+        };
+        let result = match &mut slot.state {
+            State::Live(conn) => conn.send(now, message, priority),
+            State::Waiting { outbox, .. } => outbox.send(message, priority),
+            State::Free => Err(SendError::UnknownConnection(message)),
+        };
+        self.touch(id.index);
+        result
+    }
+
+    /// Command: send a request; the reply comes as [`Output::Reply`], or
+    /// [`Output::RequestFailed`] after `timeout`. The node sets the RequestId (header tag 11).
+    #[allow(clippy::result_large_err)]
+    pub fn request<'a>(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        mut message: Message<'a>,
+        timeout: Duration,
+    ) -> Result<RequestId, SendError<Message<'a>>> {
+        let now = self.tick(now);
+        if self.slot(id).is_err() {
+            return Err(SendError::UnknownConnection(message));
+        }
+        if self.requests.is_full() {
+            return Err(SendError::QueueFull(message));
+        }
+        let rid = self.fresh_request_id();
+        if message.header.ints.set(tags::REQUEST_ID, rid).is_err() {
+            return Err(SendError::Invalid(
+                message,
+                crate::frame::EncodeError::InvalidMessageId(rid),
+            ));
+        }
+        self.send(now, id, message, Priority::Normal)?;
+        let deadline = now + timeout;
+        let _ = self.requests.insert(rid, Pending { conn: id, deadline });
+        self.push_timer(deadline, Key::Request(rid));
+        Ok(RequestId(rid))
+    }
+
+    fn fresh_request_id(&mut self) -> i32 {
+        loop {
+            self.next_request = if self.next_request >= i32::MAX - 1 {
+                1
+            } else {
+                self.next_request + 1
+            };
+            if self.requests.get(&self.next_request).is_none() {
+                return self.next_request;
+            }
+        }
+    }
+
+    /// Command: queue one message on many connections, encoded once (with `alloc` one shared
+    /// buffer). Connections that cannot take it are reported to `refused` (the id and why);
+    /// returns how many queued it.
+    pub fn broadcast(
+        &mut self,
+        now: Instant,
+        message: &Message<'_>,
+        priority: Priority,
+        to: impl IntoIterator<Item = ConnId>,
+        mut refused: impl FnMut(ConnId, SendError<()>),
+    ) -> usize {
+        let now = self.tick(now);
+        #[cfg(feature = "alloc")]
+        let encoded = match EncodedMessage::new(message) {
+            Ok(e) => e,
+            Err(e) => {
+                for id in to {
+                    refused(id, SendError::Invalid((), e));
+                }
+                return 0;
+            }
+        };
+        let mut queued = 0;
+        for id in to {
+            let Ok(slot) = self.slot_mut(id) else {
+                refused(id, SendError::UnknownConnection(()));
+                continue;
+            };
+            #[cfg(feature = "alloc")]
+            let result = match &mut slot.state {
+                State::Live(conn) => conn
+                    .send_encoded(now, &encoded, priority)
+                    .map_err(drop_message),
+                State::Waiting { outbox, .. } => outbox
+                    .send_encoded(&encoded, priority)
+                    .map_err(drop_message),
+                State::Free => Err(SendError::UnknownConnection(())),
+            };
+            #[cfg(not(feature = "alloc"))]
+            let result = match &mut slot.state {
+                State::Live(conn) => conn.send(now, *message, priority).map_err(drop_message),
+                State::Waiting { outbox, .. } => {
+                    outbox.send(*message, priority).map_err(drop_message)
+                }
+                State::Free => Err(SendError::UnknownConnection(())),
+            };
+            match result {
+                Ok(()) => queued += 1,
+                Err(e) => refused(id, e),
+            }
+            self.touch(id.index);
+        }
+        queued
+    }
+
+    /// Command: close `id` for good (no reconnect); its [`Output::Removed`] follows.
+    pub fn close(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
+        let now = self.tick(now);
+        let slot = self.slot_mut(id)?;
+        match &mut slot.state {
+            State::Live(conn) => conn.close(now),
+            State::Waiting { .. } => {
+                self.remove(id.index);
+                return Ok(());
+            }
+            State::Free => {}
+        }
+        self.touch(id.index);
+        Ok(())
+    }
+
+    /// Command: add misbehaviour points to `id` and its address (see
+    /// [`Connection::punish`]); at the threshold the address is banned.
+    pub fn punish(&mut self, now: Instant, id: ConnId, points: u32) -> Result<(), NodeError> {
+        self.tick(now);
+        let slot = self.slot_mut(id)?;
+        if let State::Live(conn) = &mut slot.state {
+            conn.punish(points);
+        }
+        self.touch(id.index);
+        Ok(())
+    }
+
+    /// The misbehaviour score of an address.
+    pub fn score(&self, ip: IpAddr) -> u32 {
+        self.scores.get(ip, self.now)
+    }
+
+    /// Command: ban an address for [`NodeConfig::ban_duration`]; its connections close.
+    pub fn ban(&mut self, now: Instant, ip: IpAddr) {
+        let now = self.tick(now);
+        let until = now + self.config.ban_duration;
+        self.bans.ban(ip, until);
+        self.scores.forget(ip);
+        self.queue(Queued::Banned(ip, until));
+        self.push_timer(self.bans.next_expiry().unwrap_or(until), Key::Bans);
+        for i in 0..self.slots.len() {
+            let Some(slot) = self.slots.get_mut(i) else {
+                continue;
+            };
+            if admission::canonical(slot.peer.ip()) != admission::canonical(ip) {
+                continue;
+            }
+            if let State::Live(conn) = &mut slot.state {
+                conn.force_close(now, CloseReason::Banned);
+                self.touch(i as u32);
+            }
+        }
+    }
+
+    /// Command: lift a ban.
+    pub fn unban(&mut self, ip: IpAddr) {
+        if self.bans.unban(ip) {
+            self.queue(Queued::Unbanned(ip));
+        }
+    }
+
+    /// When the ban on `ip` ends, if it is banned.
+    pub fn banned_until(&self, ip: IpAddr) -> Option<Instant> {
+        self.bans.banned_until(ip, self.now)
+    }
+
+    /// The bans in force, as plain data with wall-clock ends (`unix_now`: the current time in
+    /// seconds since 1970), to persist across restarts.
+    pub fn export_bans(&self, unix_now: u64) -> impl Iterator<Item = BanRecord> + '_ {
+        self.bans.export(self.now, unix_now)
+    }
+
+    /// Restores bans saved with [`Node::export_bans`]; ones already over are skipped. Returns
+    /// how many were restored.
+    pub fn import_bans(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        records: impl IntoIterator<Item = BanRecord>,
+    ) -> usize {
+        let now = self.tick(now);
+        let n = self.bans.import(now, unix_now, records);
+        if let Some(next) = self.bans.next_expiry() {
+            self.push_timer(next, Key::Bans);
+        }
+        n
+    }
+
+    /// Command: exempt an address from bans and rate limits; false if the allow-list is full.
+    pub fn allow(&mut self, ip: IpAddr) -> bool {
+        self.allowed.add(ip)
+    }
+
+    /// Command: remove an address from the allow-list.
+    pub fn disallow(&mut self, ip: IpAddr) {
+        self.allowed.remove(ip);
+    }
+
+    /// Command: a handle (a part of the application) with this scope.
+    pub fn open_handle(&mut self, scope: Scope) -> Result<HandleId, NodeError> {
+        if let Scope::Connection(id) = scope {
+            self.slot(id)?;
+        }
+        Ok(self.router.open(scope)?)
+    }
+
+    /// Command: close a handle; only its own subscriptions go.
+    pub fn close_handle(&mut self, handle: HandleId) -> Result<(), NodeError> {
+        Ok(self.router.close(handle)?)
+    }
+
+    /// Command: `handle` receives messages of `service` (and `message`, if given).
+    pub fn subscribe(
+        &mut self,
+        handle: HandleId,
+        service: i32,
+        message: Option<i32>,
+    ) -> Result<(), NodeError> {
+        Ok(self.router.subscribe(handle, service, message)?)
+    }
+
+    /// Command: undoes a [`Node::subscribe`].
+    pub fn unsubscribe(
+        &mut self,
+        handle: HandleId,
+        service: i32,
+        message: Option<i32>,
+    ) -> Result<(), NodeError> {
+        Ok(self.router.unsubscribe(handle, service, message)?)
+    }
+
+    /// The connection of `id`, if it has a live one (not while waiting to reconnect).
+    pub fn connection(&self, id: ConnId) -> Option<&Connection<S>> {
+        match &self.slot(id).ok()?.state {
+            State::Live(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// The peer address of `id`.
+    pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
+        self.slot(id).ok().map(|s| s.peer)
+    }
+
+    /// Whether we opened `id` (true) or accepted it.
+    pub fn is_outgoing(&self, id: ConnId) -> Option<bool> {
+        self.slot(id)
+            .ok()
+            .map(|s| s.direction == Direction::Outgoing)
+    }
+
+    /// Every connection held.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !matches!(s.state, State::Free))
+            .map(|(i, s)| ConnId::new(i as u32, s.generation))
+    }
+
+    /// Output: bytes to write on `id`'s socket (see [`Connection::poll_transmit`]).
+    pub fn poll_transmit(&mut self, id: ConnId) -> Option<&[u8]> {
+        let slot = self.slot_mut(id).ok()?;
+        match &mut slot.state {
+            State::Live(conn) if conn.wants_transmit() => conn.poll_transmit(),
+            _ => {
+                slot.transmit_notified = false;
+                None
+            }
+        }
+    }
+
+    /// Input: `n` bytes of the last [`Node::poll_transmit`] for `id` were written.
+    pub fn consume_transmit(&mut self, id: ConnId, n: usize) {
+        if let Ok(slot) = self.slot_mut(id) {
+            if let State::Live(conn) = &mut slot.state {
+                conn.consume_transmit(n);
+            }
+            self.touch(id.index);
+        }
+    }
+
+    /// Frees a slot, failing its requests and handles.
+    fn remove(&mut self, index: u32) {
+        let id = self.id_of(index);
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        let unsent = match core::mem::replace(&mut slot.state, State::Free) {
+            State::Live(conn) => conn.into_outbox().len(),
+            State::Waiting { outbox, .. } => outbox.len(),
+            State::Free => return,
+        };
+        slot.scheduled = None;
+        self.live -= 1;
+        let _ = self.free.push(index);
+        self.router.forget_connection(id);
+        let queued = &mut self.queued;
+        self.requests.retain(|rid, p| {
+            let keep = p.conn != id;
+            if !keep {
+                queued.push(Queued::RequestFailed(
+                    id,
+                    RequestId(*rid),
+                    RequestError::Closed,
+                ));
+            }
+            keep
+        });
+        self.queue(Queued::Removed(id, unsent));
+    }
+
+    /// A connection closed: reconnect it later, or remove it.
+    fn on_closed(&mut self, index: u32, reason: CloseReason) {
+        let id = self.id_of(index);
+        self.queue(Queued::Disconnect(id));
+        let now = self.now;
+        let after_drop = self.config.reconnect_after_drop;
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if slot.direction == Direction::Outgoing && reason.should_reconnect() {
+            let State::Live(conn) = core::mem::replace(&mut slot.state, State::Free) else {
+                return;
+            };
+            // A connection that never heard from the peer counts as a failed connect.
+            let healthy = conn.stats().frames_in > 0;
+            let (at, attempt) = if healthy {
+                slot.attempts = 0;
+                (now + after_drop, 0)
+            } else {
+                slot.attempts += 1;
+                (now + connect_backoff(slot.attempts), slot.attempts)
+            };
+            slot.state = State::Waiting {
+                outbox: conn.into_outbox(),
+                at,
+            };
+            slot.transmit_notified = false;
+            self.queue(Queued::Reconnecting(id, at, attempt));
+            self.touch(index);
+        } else {
+            self.remove(index);
+        }
+    }
+
+    /// Per-IP scoring of a misbehaviour; bans at the threshold.
+    fn on_misbehaved(&mut self, index: u32, points: u32) {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return;
+        };
+        let ip = slot.peer.ip();
+        if self.allowed.contains(ip) {
+            return;
+        }
+        let score = self.scores.add(ip, self.now, points);
+        if score >= self.config.ban_threshold.get() {
+            self.ban(self.now, ip);
+        }
+    }
+
+    /// Output: the next thing to do or deliver.
+    pub fn poll_output(&mut self) -> Option<Output<'_>> {
+        loop {
+            if let Some(q) = self.queued.pop() {
+                return Some(q.output());
+            }
+            let index = *self.ready.get(0)?;
+            match self.next_step(index) {
+                Step::Again => {}
+                Step::Transmit(id) => return Some(Output::Transmit { id }),
+                Step::Event(id, event) => {
+                    return Some(Output::Event {
+                        id,
+                        event,
+                        handles: self.router.watching(id),
+                    });
+                }
+                // Borrowed data: a path of its own that always returns what it borrows.
+                Step::Deliver => return self.deliver(index),
+            }
+        }
+    }
+
+    /// Works out what the ready slot `index` has next, handling what needs no borrow.
+    fn next_step(&mut self, index: u32) -> Step {
+        let id = self.id_of(index);
+        let now = self.now;
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            self.ready.swap_remove(0);
+            return Step::Again;
+        };
+        let State::Live(conn) = &mut slot.state else {
+            slot.in_ready = false;
+            self.ready.swap_remove(0);
+            return Step::Again;
+        };
+        match conn.next_event_borrows() {
+            None => {
+                slot.in_ready = false;
+                self.ready.swap_remove(0);
+                let transmit = conn.wants_transmit() && !slot.transmit_notified;
+                slot.transmit_notified |= transmit;
+                self.schedule(index);
+                if transmit {
+                    Step::Transmit(id)
+                } else {
+                    Step::Again
+                }
+            }
+            Some(false) => {
+                let Some(event) = conn.poll_event().and_then(|e| e.to_static()) else {
+                    return Step::Again;
+                };
+                match event {
+                    Event::Misbehaved { points, .. } => self.on_misbehaved(index, points),
+                    Event::Closed { reason } => self.on_closed(index, reason),
+                    _ => {}
+                }
+                Step::Event(id, event)
+            }
+            Some(true) if slot.awaiting_login => {
+                let ok = match conn.poll_event() {
+                    Some(Event::Message(m)) => is_login(&m, self.config.require_login.as_ref()),
+                    _ => false,
+                };
+                if ok {
+                    slot.awaiting_login = false;
+                } else {
+                    conn.force_close(now, CloseReason::LoginFailed);
+                }
+                Step::Again
+            }
+            Some(true) => Step::Deliver,
+        }
+    }
+
+    /// Brings the timer of slot `index` up to date.
+    fn schedule(&mut self, index: u32) {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        let deadline = match &slot.state {
+            State::Live(conn) => conn.poll_timeout(),
+            State::Waiting { at, .. } => Some(*at),
+            State::Free => None,
+        };
+        if let Some(d) = deadline {
+            if slot.scheduled.is_none_or(|s| d < s) {
+                slot.scheduled = Some(d);
+                self.push_timer(d, Key::Slot(index));
+            }
+        }
+    }
+
+    /// Hands out received data of slot `index` (which [`Node::next_step`] found).
+    fn deliver(&mut self, index: u32) -> Option<Output<'_>> {
+        let id = self.id_of(index);
+        let requests = &mut self.requests;
+        let router = &self.router;
+        let State::Live(conn) = &mut self.slots.get_mut(index as usize)?.state else {
+            return None;
+        };
+        match conn.poll_event()? {
+            Event::Message(message) => {
+                let reply = message
+                    .header
+                    .request_id()
+                    .filter(|rid| requests.get(rid).is_some_and(|p| p.conn == id));
+                Some(match reply {
+                    Some(rid) => {
+                        requests.remove(&rid);
+                        Output::Reply {
+                            id,
+                            request: RequestId(rid),
+                            message,
+                        }
+                    }
+                    None => Output::Message {
+                        id,
+                        handles: router.matching(id, &message.header),
+                        message,
+                    },
+                })
+            }
+            event => Some(Output::Event {
+                id,
+                event,
+                handles: router.watching(id),
+            }),
+        }
+    }
+}
+
+/// What [`Node::next_step`] found.
+enum Step {
+    Again,
+    Transmit(ConnId),
+    Event(ConnId, Event<'static>),
+    Deliver,
+}
+
+fn drop_message<M>(e: SendError<M>) -> SendError<()> {
+    match e {
+        SendError::QueueFull(_) => SendError::QueueFull(()),
+        SendError::TooLarge(_) => SendError::TooLarge(()),
+        SendError::Invalid(_, e) => SendError::Invalid((), e),
+        SendError::Closed(_) => SendError::Closed(()),
+        SendError::UnknownConnection(_) => SendError::UnknownConnection(()),
+    }
+}
+
+/// Whether a message is the historical login with the expected cookie.
+fn is_login(m: &Message<'_>, cookie: Option<&Cookie>) -> bool {
+    let Some(cookie) = cookie else {
+        return true;
+    };
+    (m.header.service_id, m.header.message_id) == (LOGIN_SERVICE, Some(LOGIN_MESSAGE))
+        && crate::cmf::Reader::new(m.body)
+            .map_while(Result::ok)
+            .any(|t| t.tag == LOGIN_TAG && t.value.as_str_bytes() == Some(cookie.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests;
