@@ -97,6 +97,8 @@ pub mod time;
 pub use connection::{
     CloseReason, Config, Connection, Event, Message, Misbehaviour, Priority, Role, SendError,
 };
+#[cfg(feature = "alloc")]
+pub use connection::OwnedMessage;
 pub use header::Header;
 pub use node::{ConnId, Node, NodeConfig, Output};
 pub use time::Instant;

@@ -18,7 +18,7 @@ mod timer;
 pub use config::{Config, Points, SequenceDelivery};
 pub use event::{CloseReason, Event, Misbehaviour, ProtocolError, Stats};
 #[cfg(feature = "alloc")]
-pub use queue::EncodedMessage;
+pub use queue::{EncodedMessage, OwnedMessage};
 pub use queue::{Message, Priority, QueueEntry, SendError};
 pub use timer::Timer;
 
@@ -796,6 +796,12 @@ impl<S: Storage> Connection<S> {
         } else {
             None
         }
+    }
+
+    /// Whether [`Connection::poll_event`] has an event now (it lets go of the last one, as a
+    /// poll would). Useful before returning the event's borrow from a loop.
+    pub fn has_event(&mut self) -> bool {
+        self.next_event_borrows().is_some()
     }
 
     /// Lets go of the last event and parses what backpressure held back.

@@ -35,6 +35,43 @@ impl<'a> Message<'a> {
     }
 }
 
+/// A message that owns its body (with `alloc`), for handing received messages to other tasks
+/// or threads.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct OwnedMessage {
+    /// Service id, message id and custom header ints.
+    pub header: Header,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+#[cfg(feature = "alloc")]
+impl OwnedMessage {
+    /// A message.
+    pub fn new(header: Header, body: impl Into<bytes::Bytes>) -> Self {
+        OwnedMessage {
+            header,
+            body: body.into(),
+        }
+    }
+
+    /// A borrowed view, to send.
+    pub fn as_message(&self) -> Message<'_> {
+        Message::new(self.header, &self.body)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl From<Message<'_>> for OwnedMessage {
+    fn from(m: Message<'_>) -> Self {
+        OwnedMessage {
+            header: m.header,
+            body: bytes::Bytes::copy_from_slice(m.body),
+        }
+    }
+}
+
 /// Why a message was not queued. Every variant gives the message back: nothing is dropped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,0 +1,2 @@
+//! embedded adapter (being written).
+#![no_std]

@@ -1,0 +1,404 @@
+//! What the `flowee-proto` adapters share, whatever runs them: the [`Service`] trait that
+//! handles messages, the [`NodeEvent`]s applications see, and [`Dispatch`], which drains a
+//! [`Node`]'s outputs and tells the adapter which sockets to wake, open or close.
+//!
+//! Nothing here does I/O or waits: `flowee-smol` and `flowee-std` call [`Dispatch::pump`] with
+//! their node locked and act on the [`Actions`] it returns.
+
+use flowee_proto::node::{
+    ConnId, HandleId, MAX_HANDLES, Output, Refused, RequestError, RequestId,
+};
+use flowee_proto::{
+    CloseReason, Event, Header, Instant, Message, Misbehaviour, Node, OwnedMessage, Priority,
+    SendError,
+};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Something that happened to a node's connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A connection is up (ours connected, or we accepted one).
+    Connected {
+        /// The connection.
+        id: ConnId,
+        /// The peer.
+        peer: SocketAddr,
+    },
+    /// A connection closed.
+    Closed {
+        /// The connection.
+        id: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// An outgoing connection will try again.
+    Reconnecting {
+        /// The connection.
+        id: ConnId,
+        /// Failed attempts so far.
+        attempt: u32,
+    },
+    /// A connection is gone for good; `unsent` messages (high, normal) were still queued.
+    Removed {
+        /// The connection.
+        id: ConnId,
+        /// Messages never sent.
+        unsent: (usize, usize),
+    },
+    /// An incoming connection was refused at accept.
+    Refused {
+        /// Who.
+        peer: SocketAddr,
+        /// Why.
+        reason: Refused,
+    },
+    /// A peer misbehaved.
+    Misbehaved {
+        /// The connection.
+        id: ConnId,
+        /// What it did.
+        kind: Misbehaviour,
+        /// Points added.
+        points: u32,
+        /// The connection's score.
+        score: u32,
+    },
+    /// A ping was answered.
+    Pong {
+        /// The connection.
+        id: ConnId,
+        /// The round trip.
+        rtt: Duration,
+    },
+    /// An address was banned.
+    Banned {
+        /// The address.
+        ip: IpAddr,
+    },
+    /// A ban ended.
+    Unbanned {
+        /// The address.
+        ip: IpAddr,
+    },
+}
+
+/// A message delivered to a [`Service`], borrowed for the duration of the call.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The connection it came on.
+    pub connection: ConnId,
+    /// The peer's address.
+    pub peer: Option<SocketAddr>,
+    /// The message.
+    pub message: Message<'a>,
+}
+
+impl Request<'_> {
+    /// An owned copy, to work on after the call returns.
+    pub fn to_owned(&self) -> OwnedMessage {
+        OwnedMessage::from(self.message)
+    }
+}
+
+/// What a [`Service`] may do while it handles a message: reply, send on other connections,
+/// punish or close. Calls go straight into the node (no copy, no allocation).
+pub struct Responder<'a> {
+    node: &'a mut Node,
+    id: ConnId,
+    now: Instant,
+}
+
+impl<'a> Responder<'a> {
+    /// A responder for a message that came on `id`.
+    pub fn new(node: &'a mut Node, id: ConnId, now: Instant) -> Self {
+        Responder { node, id, now }
+    }
+
+    /// Sends a message back on the connection the request came on (normal priority).
+    pub fn reply<'m>(&mut self, message: Message<'m>) -> Result<(), SendError<Message<'m>>> {
+        self.node.send(self.now, self.id, message, Priority::Normal)
+    }
+
+    /// Sends a message on any connection.
+    pub fn send<'m>(
+        &mut self,
+        to: ConnId,
+        message: Message<'m>,
+        priority: Priority,
+    ) -> Result<(), SendError<Message<'m>>> {
+        self.node.send(self.now, to, message, priority)
+    }
+
+    /// Adds misbehaviour points to the peer (and its address).
+    pub fn punish(&mut self, points: u32) {
+        let _ = self.node.punish(self.now, self.id, points);
+    }
+
+    /// Closes the connection.
+    pub fn close(&mut self) {
+        let _ = self.node.close(self.now, self.id);
+    }
+
+    /// The connection the request came on.
+    pub fn connection(&self) -> ConnId {
+        self.id
+    }
+}
+
+/// Handles messages. It runs with the node locked: it must be quick and must not call back
+/// into the adapter (use the [`Responder`]); for slow work, copy the message
+/// ([`Request::to_owned`]) and reply later from elsewhere.
+pub trait Service: Send + Sync + 'static {
+    /// Handles one message.
+    fn call(&self, request: &Request<'_>, out: &mut Responder<'_>);
+}
+
+impl<F> Service for F
+where
+    F: Fn(&Request<'_>, &mut Responder<'_>) + Send + Sync + 'static,
+{
+    fn call(&self, request: &Request<'_>, out: &mut Responder<'_>) {
+        self(request, out)
+    }
+}
+
+/// A header for a reply: the request's service, message id + 1, and its header ints with
+/// tags above 10 (the RequestId among them), as the Hub answers.
+pub fn reply_header(request: &Header) -> Header {
+    let mut h = Header::new(
+        request.service_id,
+        request.message_id.unwrap_or(-1).saturating_add(1),
+    );
+    for (tag, value) in request.ints.iter().filter(|(t, _)| *t > 10) {
+        let _ = h.ints.set(tag, value);
+    }
+    h
+}
+
+/// A one-line description of why a connection closed, for logs.
+pub fn describe_close(reason: &CloseReason) -> String {
+    format!("{} ({reason})", reason.name())
+}
+
+/// What the adapter has to do after a [`Dispatch::pump`].
+#[derive(Debug, Default)]
+pub struct Actions {
+    /// Connections with bytes to write.
+    pub wake: Vec<ConnId>,
+    /// Connections whose socket must be closed.
+    pub disconnect: Vec<ConnId>,
+    /// Connections to open.
+    pub connect: Vec<(ConnId, SocketAddr)>,
+}
+
+impl Actions {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.wake.is_empty() && self.disconnect.is_empty() && self.connect.is_empty()
+    }
+}
+
+/// Called once with a request's outcome.
+pub type Waiter = Box<dyn FnOnce(Result<OwnedMessage, RequestError>) + Send>;
+/// Called with every event; returns false once it wants no more.
+pub type Listener = Box<dyn FnMut(&NodeEvent) -> bool + Send>;
+
+/// Routes a node's outputs to services, request waiters and event listeners.
+pub struct Dispatch {
+    sinks: Vec<Option<Arc<dyn Service>>>,
+    unclaimed: Option<Arc<dyn Service>>,
+    waiters: BTreeMap<RequestId, Waiter>,
+    listeners: Vec<Listener>,
+    peers: BTreeMap<ConnId, SocketAddr>,
+    scratch: Vec<u8>,
+}
+
+impl Default for Dispatch {
+    fn default() -> Self {
+        Dispatch {
+            sinks: (0..MAX_HANDLES).map(|_| None).collect(),
+            unclaimed: None,
+            waiters: BTreeMap::new(),
+            listeners: Vec::new(),
+            peers: BTreeMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl Dispatch {
+    /// Where the messages of a handle go (`None`: nowhere).
+    pub fn set_sink(&mut self, handle: HandleId, service: Option<Arc<dyn Service>>) {
+        self.sinks[handle.index()] = service;
+    }
+
+    /// Where messages no handle claims go (by default: nowhere).
+    pub fn set_unclaimed(&mut self, service: Option<Arc<dyn Service>>) {
+        self.unclaimed = service;
+    }
+
+    /// Calls `waiter` with the reply to `request`, or its failure.
+    pub fn wait(&mut self, request: RequestId, waiter: Waiter) {
+        self.waiters.insert(request, waiter);
+    }
+
+    /// Adds an event listener.
+    pub fn listen(&mut self, listener: Listener) {
+        self.listeners.push(listener);
+    }
+
+    /// Records a connection's peer (for [`Request::peer`] and [`NodeEvent::Connected`]).
+    pub fn add_peer(&mut self, id: ConnId, peer: SocketAddr) {
+        self.peers.insert(id, peer);
+    }
+
+    /// The peer of a connection.
+    pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
+        self.peers.get(&id).copied()
+    }
+
+    /// Tells every listener about an event the adapter saw itself (an accept, a refusal).
+    pub fn emit(&mut self, event: &NodeEvent) {
+        self.listeners.retain_mut(|l| l(event));
+    }
+
+    /// Drains the node's outputs: calls services, answers waiters, tells listeners, and says
+    /// which sockets to wake, close or open.
+    pub fn pump(&mut self, node: &mut Node, now: Instant) -> Actions {
+        let mut actions = Actions::default();
+        while let Some(output) = node.poll_output() {
+            match output {
+                Output::Transmit { id } => actions.wake.push(id),
+                Output::Disconnect { id } => actions.disconnect.push(id),
+                Output::Connect { id, addr } => actions.connect.push((id, addr)),
+                Output::Message {
+                    id,
+                    message,
+                    handles,
+                } => {
+                    // Copy the body once into a reused buffer, so services can use the node
+                    // to reply while they look at it.
+                    let header = message.header;
+                    let mut body = std::mem::take(&mut self.scratch);
+                    body.clear();
+                    body.extend_from_slice(message.body);
+                    let request = Request {
+                        connection: id,
+                        peer: self.peers.get(&id).copied(),
+                        message: Message::new(header, &body),
+                    };
+                    if handles.is_empty() {
+                        if let Some(s) = &self.unclaimed {
+                            s.call(&request, &mut Responder::new(node, id, now));
+                        }
+                    }
+                    for i in handles.indices() {
+                        if let Some(s) = &self.sinks[i] {
+                            s.call(&request, &mut Responder::new(node, id, now));
+                        }
+                    }
+                    self.scratch = body;
+                }
+                Output::Reply {
+                    request, message, ..
+                } => {
+                    if let Some(w) = self.waiters.remove(&request) {
+                        w(Ok(OwnedMessage::from(message)));
+                    }
+                }
+                Output::RequestFailed { request, error, .. } => {
+                    if let Some(w) = self.waiters.remove(&request) {
+                        w(Err(error));
+                    }
+                }
+                other => {
+                    if let Some(event) = self.event(&other) {
+                        if let NodeEvent::Removed { id, .. } = event {
+                            self.peers.remove(&id);
+                        }
+                        self.emit(&event);
+                    }
+                }
+            }
+        }
+        actions
+    }
+
+    fn event(&self, o: &Output<'_>) -> Option<NodeEvent> {
+        Some(match *o {
+            Output::Event { id, event, .. } => match event {
+                Event::Connected => NodeEvent::Connected {
+                    id,
+                    peer: self.peers.get(&id).copied()?,
+                },
+                Event::Closed { reason } => NodeEvent::Closed { id, reason },
+                Event::Misbehaved {
+                    kind,
+                    points,
+                    score,
+                } => NodeEvent::Misbehaved {
+                    id,
+                    kind,
+                    points,
+                    score,
+                },
+                Event::Pong { rtt } => NodeEvent::Pong { id, rtt },
+                _ => return None,
+            },
+            Output::Reconnecting { id, attempt, .. } => NodeEvent::Reconnecting { id, attempt },
+            Output::Removed { id, unsent } => NodeEvent::Removed { id, unsent },
+            Output::Banned { ip, .. } => NodeEvent::Banned { ip },
+            Output::Unbanned { ip } => NodeEvent::Unbanned { ip },
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowee_proto::node::{NodeConfig, Scope};
+    use std::sync::Mutex;
+
+    #[test]
+    fn services_reply_in_place_and_listeners_hear_events() {
+        let mut node: Node = Node::new(Instant::ZERO, NodeConfig::default());
+        let mut d = Dispatch::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        d.listen(Box::new(move |e| {
+            s2.lock().unwrap().push(e.clone());
+            true
+        }));
+        let h = node.open_handle(Scope::Node).unwrap();
+        node.subscribe(h, 3, None).unwrap();
+        d.set_sink(
+            h,
+            Some(Arc::new(|req: &Request<'_>, out: &mut Responder<'_>| {
+                let _ = out.reply(Message::new(reply_header(&req.message.header), req.message.body));
+            })),
+        );
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let id = node.accept(Instant::ZERO, peer).unwrap();
+        d.add_peer(id, peer);
+        let frame = [0x0A, 0x00, 0x08, 0x03, 0x10, 0x02, 0x58, 0x07, 0x04, 0xAA];
+        node.handle_input(Instant::ZERO, id, &frame).unwrap();
+        let actions = d.pump(&mut node, Instant::ZERO);
+        assert_eq!(actions.wake, vec![id]);
+        assert_eq!(
+            node.poll_transmit(id).unwrap(),
+            [0x0A, 0x00, 0x08, 0x03, 0x10, 0x03, 0x58, 0x07, 0x04, 0xAA]
+        );
+        node.consume_transmit(id, 10);
+        node.close(Instant::ZERO, id).unwrap();
+        let actions = d.pump(&mut node, Instant::ZERO);
+        assert_eq!(actions.disconnect, vec![id]);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], NodeEvent::Closed { id, reason: CloseReason::Local });
+        assert_eq!(seen[1], NodeEvent::Removed { id, unsent: (0, 0) });
+    }
+}

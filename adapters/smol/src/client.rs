@@ -1,0 +1,232 @@
+//! The client: one outgoing connection, reconnected as the node decides.
+
+use crate::runtime::{ChannelSink, Runtime, STREAM_CAPACITY};
+use crate::{Events, NodeEvent};
+use flowee_proto::connection::Stats;
+use flowee_proto::node::{ConnId, HandleId, NodeConfig, RequestError, Scope};
+use flowee_proto::{Message, OwnedMessage, Priority, SendError};
+use smol::channel::Receiver;
+use smol::future::FutureExt;
+use smol::net::AsyncToSocketAddrs;
+use smol::stream::Stream;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A connection to a Flowee server (a Hub, an Indexer, or a [`Server`](crate::Server)).
+///
+/// Cheap to clone; every clone talks to the same connection, from any task. Sending never
+/// waits: a full queue gives the message back in [`SendError::QueueFull`]. When the
+/// connection drops, the client reconnects by itself (backoff 0, 4, 13, 32, 44 s after failed
+/// connects) and sends what was queued, from the start of any message that was cut short
+/// (at-least-once delivery).
+#[derive(Clone)]
+pub struct Client {
+    rt: Arc<Runtime>,
+    id: ConnId,
+}
+
+/// Why a request got no reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestFailure {
+    /// It could not be queued.
+    NotSent(SendError<()>),
+    /// No reply in time.
+    Timeout,
+    /// The connection was closed for good.
+    Closed,
+}
+
+impl fmt::Display for RequestFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestFailure::NotSent(e) => write!(f, "request not sent: {e}"),
+            RequestFailure::Timeout => f.write_str("no reply in time"),
+            RequestFailure::Closed => f.write_str("connection closed"),
+        }
+    }
+}
+
+impl std::error::Error for RequestFailure {}
+
+fn without_message<M>(e: SendError<M>) -> SendError<()> {
+    match e {
+        SendError::QueueFull(_) => SendError::QueueFull(()),
+        SendError::TooLarge(_) => SendError::TooLarge(()),
+        SendError::Invalid(_, e) => SendError::Invalid((), e),
+        SendError::UnknownConnection(_) => SendError::UnknownConnection(()),
+        _ => SendError::Closed(()),
+    }
+}
+
+impl Client {
+    /// Connects to `addr` (its first resolved address) and waits until the TCP connection is
+    /// up; fails if that first attempt fails. From then on it reconnects by itself.
+    pub async fn connect(addr: impl AsyncToSocketAddrs, config: NodeConfig) -> io::Result<Client> {
+        let addr = smol::net::resolve(addr)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "address did not resolve"))?;
+        let rt = Runtime::new(config);
+        let (events, _) = rt.events();
+        let now = rt.now();
+        let id = rt
+            .lock()
+            .node
+            .connect(now, addr)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        rt.pump();
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::Connected { id: c, .. }) if c == id => break,
+                Ok(NodeEvent::Reconnecting { id: c, .. } | NodeEvent::Removed { id: c, .. })
+                    if c == id =>
+                {
+                    rt.shutdown(Duration::ZERO).await;
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!("could not connect to {addr}"),
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => return Err(io::Error::other("client stopped")),
+            }
+        }
+        Ok(Client { rt, id })
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Queues a message (copied into the send queue); never waits.
+    pub fn send<'m>(
+        &self,
+        message: Message<'m>,
+        priority: Priority,
+    ) -> Result<(), SendError<Message<'m>>> {
+        let now = self.rt.now();
+        let result = self.rt.lock().node.send(now, self.id, message, priority);
+        self.rt.pump();
+        result
+    }
+
+    /// Sends a request (the node sets its RequestId, header tag 11) and waits for the reply
+    /// that carries the same RequestId.
+    pub async fn request(
+        &self,
+        message: Message<'_>,
+        timeout: Duration,
+    ) -> Result<OwnedMessage, RequestFailure> {
+        let now = self.rt.now();
+        let reply = {
+            let mut inner = self.rt.lock();
+            let request = inner
+                .node
+                .request(now, self.id, message, timeout)
+                .map_err(|e| RequestFailure::NotSent(without_message(e)))?;
+            Runtime::wait_for(&mut inner, request)
+        };
+        self.rt.pump();
+        // The node times requests out; the extra second only guards against a stopped runtime.
+        let guard = async {
+            smol::Timer::after(timeout + Duration::from_secs(1)).await;
+            Ok(Err(RequestError::Timeout))
+        };
+        match reply.recv().or(guard).await {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(RequestError::Timeout)) => Err(RequestFailure::Timeout),
+            _ => Err(RequestFailure::Closed),
+        }
+    }
+
+    /// A stream of the messages of `service_id` (all message ids). Dropping it unsubscribes.
+    pub fn subscribe(&self, service_id: i32) -> io::Result<Subscription> {
+        let handle = {
+            let mut inner = self.rt.lock();
+            let handle = inner
+                .node
+                .open_handle(Scope::Node)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if let Err(e) = inner.node.subscribe(handle, service_id, None) {
+                let _ = inner.node.close_handle(handle);
+                return Err(io::Error::other(e.to_string()));
+            }
+            handle
+        };
+        let (tx, rx) = smol::channel::bounded(STREAM_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let sink = ChannelSink {
+            tx,
+            lost: lost.clone(),
+        };
+        self.rt.set_sink(handle, Some(Arc::new(sink)));
+        Ok(Subscription {
+            rx: Box::pin(rx),
+            lost,
+            handle,
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// A stream of connection events (connected, closed with reason, reconnecting, …).
+    pub fn events(&self) -> Events {
+        let (rx, lost) = self.rt.events();
+        Events {
+            rx: Box::pin(rx),
+            lost,
+        }
+    }
+
+    /// The connection's counters, while it is up.
+    pub fn stats(&self) -> Option<Stats> {
+        self.rt.lock().node.connection(self.id).map(|c| c.stats())
+    }
+
+    /// Writes what is queued (waiting at most five seconds), then closes.
+    pub async fn close(&self) {
+        self.rt.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// The messages of one service, as a [`Stream`]. Messages that find it full (4096 unread)
+/// are counted in [`Subscription::lost`] rather than kept. Dropping it unsubscribes.
+pub struct Subscription {
+    rx: Pin<Box<Receiver<OwnedMessage>>>,
+    lost: Arc<AtomicU64>,
+    handle: HandleId,
+    rt: Arc<Runtime>,
+}
+
+impl Subscription {
+    /// The next message.
+    pub async fn next(&mut self) -> Option<OwnedMessage> {
+        self.rx.recv().await.ok()
+    }
+
+    /// Messages dropped because the stream was not read.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+impl Stream for Subscription {
+    type Item = OwnedMessage;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<OwnedMessage>> {
+        self.rx.as_mut().poll_next(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rt.set_sink(self.handle, None);
+        let _ = self.rt.lock().node.close_handle(self.handle);
+    }
+}

@@ -1,0 +1,442 @@
+//! What [`Client`](crate::Client) and [`Server`](crate::Server) share: one [`Node`] behind a
+//! mutex, a task per socket, a timer task, and the dispatch of the node's outputs.
+//!
+//! The mutex is never held across an `.await`: socket reads and writes are non-blocking calls
+//! made while it is held only for as long as the call takes, and waiting happens without it.
+
+use crate::NodeEvent;
+use event_listener::Event;
+use flowee_proto::node::{ConnId, HandleId, NodeConfig, RequestError, RequestId};
+use flowee_proto::{Instant, Node, OwnedMessage};
+use flowee_service::{Dispatch, Request, Responder, Service};
+use smol::Async;
+use smol::channel::{Receiver, Sender, TrySendError};
+use smol::future::FutureExt;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Bytes read from a socket per wake-up at most, so one busy peer cannot starve the others.
+const READ_BUDGET: usize = 1 << 20;
+/// Writes per wake-up at most.
+const WRITE_BUDGET: usize = 64;
+/// The read buffer every task of a thread shares (reads never wait while holding it).
+const READ_BUF: usize = 256 * 1024;
+/// How long an outgoing TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unread items a subscription or event stream holds before it counts drops.
+pub(crate) const STREAM_CAPACITY: usize = 4096;
+
+thread_local! {
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
+}
+
+/// A service that copies messages into a channel (a subscription).
+pub(crate) struct ChannelSink {
+    pub(crate) tx: Sender<OwnedMessage>,
+    pub(crate) lost: Arc<AtomicU64>,
+}
+
+impl Service for ChannelSink {
+    fn call(&self, request: &Request<'_>, _out: &mut Responder<'_>) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(request.to_owned()) {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Per-connection wake-up.
+struct Signal {
+    event: Event,
+    disconnect: AtomicBool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) node: Node,
+    pub(crate) dispatch: Dispatch,
+    conns: BTreeMap<ConnId, Arc<Signal>>,
+}
+
+/// The shared machinery.
+pub(crate) struct Runtime {
+    inner: Mutex<Inner>,
+    timer: Event,
+    epoch: std::time::Instant,
+    stopping: AtomicBool,
+    tasks: AtomicU64,
+    tasks_done: Event,
+}
+
+impl Runtime {
+    pub(crate) fn new(config: NodeConfig) -> Arc<Self> {
+        let rt = Arc::new(Runtime {
+            inner: Mutex::new(Inner {
+                node: Node::new(Instant::ZERO, config),
+                dispatch: Dispatch::default(),
+                conns: BTreeMap::new(),
+            }),
+            timer: Event::new(),
+            epoch: std::time::Instant::now(),
+            stopping: AtomicBool::new(false),
+            tasks: AtomicU64::new(0),
+            tasks_done: Event::new(),
+        });
+        let timer = rt.clone();
+        rt.spawn(async move { timer.run_timer().await });
+        rt
+    }
+
+    /// The node's clock: milliseconds since the runtime started.
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    fn to_std(&self, at: Instant) -> std::time::Instant {
+        self.epoch + Duration::from_millis(at.as_millis())
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic in a service must not take the whole adapter down with it.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn spawn(self: &Arc<Self>, f: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.fetch_add(1, Ordering::SeqCst);
+        let rt = self.clone();
+        smol::spawn(async move {
+            f.await;
+            rt.tasks.fetch_sub(1, Ordering::SeqCst);
+            rt.tasks_done.notify(usize::MAX);
+        })
+        .detach();
+    }
+
+    /// Registers where a handle's messages go.
+    pub(crate) fn set_sink(&self, handle: HandleId, sink: Option<Arc<dyn Service>>) {
+        self.lock().dispatch.set_sink(handle, sink);
+    }
+
+    /// A stream of the node's events; events that find it full are counted as lost.
+    pub(crate) fn events(&self) -> (Receiver<NodeEvent>, Arc<AtomicU64>) {
+        let (tx, rx) = smol::channel::bounded(STREAM_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let counter = lost.clone();
+        self.lock()
+            .dispatch
+            .listen(Box::new(move |e| match tx.try_send(e.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }));
+        (rx, lost)
+    }
+
+    /// Registers a waiter for a request (with the node locked, so the reply cannot be
+    /// dispatched before the waiter exists).
+    pub(crate) fn wait_for(
+        inner: &mut Inner,
+        request: RequestId,
+    ) -> Receiver<Result<OwnedMessage, RequestError>> {
+        let (tx, rx) = smol::channel::bounded(1);
+        inner.dispatch.wait(
+            request,
+            Box::new(move |r| {
+                let _ = tx.try_send(r);
+            }),
+        );
+        rx
+    }
+
+    /// Takes an accepted socket; false if the node refused it (it is closed then).
+    pub(crate) fn add_incoming(self: &Arc<Self>, stream: Async<TcpStream>, peer: SocketAddr) -> bool {
+        let now = self.now();
+        let accepted = {
+            let mut inner = self.lock();
+            let result = inner.node.accept(now, peer);
+            let event = match result {
+                Ok(id) => {
+                    inner.dispatch.add_peer(id, peer);
+                    NodeEvent::Connected { id, peer }
+                }
+                Err(reason) => NodeEvent::Refused { peer, reason },
+            };
+            inner.dispatch.emit(&event);
+            result
+        };
+        match accepted {
+            Ok(id) => {
+                let _ = stream.get_ref().set_nodelay(true);
+                let rt = self.clone();
+                self.spawn(async move { rt.run_connection(id, stream).await });
+                self.pump();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Drains the node's outputs (calling services), then wakes, closes and opens sockets.
+    pub(crate) fn pump(self: &Arc<Self>) {
+        let now = self.now();
+        let mut wake = Vec::new();
+        let connects = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let actions = inner.dispatch.pump(&mut inner.node, now);
+            for id in actions.disconnect {
+                if let Some(s) = inner.conns.get(&id) {
+                    s.disconnect.store(true, Ordering::SeqCst);
+                    wake.push(s.clone());
+                }
+            }
+            wake.extend(actions.wake.iter().filter_map(|id| inner.conns.get(id).cloned()));
+            actions.connect
+        };
+        for s in wake {
+            s.event.notify(usize::MAX);
+        }
+        for (id, addr) in connects {
+            let rt = self.clone();
+            self.spawn(async move { rt.connect(id, addr).await });
+        }
+        // A new deadline may be earlier than the one the timer sleeps on.
+        self.timer.notify(usize::MAX);
+    }
+
+    async fn connect(self: Arc<Self>, id: ConnId, addr: SocketAddr) {
+        let attempt = Async::<TcpStream>::connect(addr)
+            .or(async {
+                smol::Timer::after(CONNECT_TIMEOUT).await;
+                Err(io::ErrorKind::TimedOut.into())
+            })
+            .await;
+        let now = self.now();
+        match attempt {
+            Ok(stream) => {
+                let _ = stream.get_ref().set_nodelay(true);
+                {
+                    let mut inner = self.lock();
+                    if inner.node.handle_connected(now, id).is_err() {
+                        return;
+                    }
+                    inner.dispatch.add_peer(id, addr);
+                }
+                let rt = self.clone();
+                self.spawn(async move { rt.run_connection(id, stream).await });
+            }
+            Err(_) => {
+                let _ = self.lock().node.handle_connect_failed(now, id);
+            }
+        }
+        self.pump();
+    }
+
+    /// Writes what the node has for `id` without waiting; true if the socket is full.
+    fn flush(&self, id: ConnId, stream: &Async<TcpStream>) -> io::Result<bool> {
+        let mut inner = self.lock();
+        for _ in 0..WRITE_BUDGET {
+            let Some(data) = inner.node.poll_transmit(id) else {
+                return Ok(false);
+            };
+            match stream.get_ref().write(data) {
+                Ok(n) => inner.node.consume_transmit(id, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads what the socket has, up to the budget, into the node. Returns false at EOF or on
+    /// an error (bytes the node could not take yet stay in `held`).
+    fn read(&self, id: ConnId, stream: &Async<TcpStream>, held: &mut Vec<u8>) -> bool {
+        let mut budget = READ_BUDGET;
+        READ_BUFFER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            while budget > 0 && held.is_empty() {
+                match stream.get_ref().read(&mut buf) {
+                    Ok(0) => return false,
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        let taken = self.input(id, &buf[..n]);
+                        // Backpressure: keep what the node did not take.
+                        held.extend_from_slice(&buf[taken..n]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+            true
+        })
+    }
+
+    fn input(&self, id: ConnId, data: &[u8]) -> usize {
+        let now = self.now();
+        self.lock()
+            .node
+            .handle_input(now, id, data)
+            .unwrap_or(data.len())
+    }
+
+    /// Offers bytes held back by backpressure again; true when they are all taken.
+    fn offer_held(self: &Arc<Self>, id: ConnId, held: &mut Vec<u8>) -> bool {
+        for _ in 0..8 {
+            if held.is_empty() {
+                return true;
+            }
+            let taken = self.input(id, held);
+            held.drain(..taken);
+            self.pump();
+        }
+        held.is_empty()
+    }
+
+    async fn run_connection(self: Arc<Self>, id: ConnId, stream: Async<TcpStream>) {
+        let signal = Arc::new(Signal {
+            event: Event::new(),
+            disconnect: AtomicBool::new(false),
+        });
+        self.lock().conns.insert(id, signal.clone());
+        let mut held = Vec::new();
+        let mut open = true;
+        let mut eof_told = false;
+        loop {
+            // EOF goes to the node only after every byte before it.
+            if !open && held.is_empty() && !eof_told {
+                eof_told = true;
+                self.eof(id);
+            }
+            let blocked = match self.flush(id, &stream) {
+                Ok(b) => b,
+                Err(_) => {
+                    self.eof(id);
+                    true
+                }
+            };
+            self.pump();
+            let listener = signal.event.listen();
+            if signal.disconnect.load(Ordering::SeqCst) {
+                break;
+            }
+            let held_back = !self.offer_held(id, &mut held);
+            if !blocked && self.has_transmit(id) {
+                continue;
+            }
+            let readable = async {
+                if open && !held_back {
+                    let _ = stream.readable().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let writable = async {
+                if blocked {
+                    let _ = stream.writable().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            readable.or(writable).or(listener).await;
+            if open && held.is_empty() && !self.read(id, &stream, &mut held) {
+                open = false;
+            }
+        }
+        drop(stream);
+        self.lock().conns.remove(&id);
+    }
+
+    fn eof(self: &Arc<Self>, id: ConnId) {
+        let now = self.now();
+        let _ = self.lock().node.handle_eof(now, id);
+        self.pump();
+    }
+
+    fn has_transmit(&self, id: ConnId) -> bool {
+        self.lock()
+            .node
+            .connection(id)
+            .is_some_and(|c| c.wants_transmit())
+    }
+
+    async fn run_timer(self: Arc<Self>) {
+        loop {
+            let listener = self.timer.listen();
+            if self.stopping.load(Ordering::SeqCst) && self.lock().node.is_empty() {
+                return;
+            }
+            let deadline = self.lock().node.poll_timeout();
+            match deadline {
+                Some(at) => {
+                    let sleep = async {
+                        smol::Timer::at(self.to_std(at)).await;
+                    };
+                    sleep.or(listener).await;
+                }
+                None => listener.await,
+            }
+            // Trust the clock, not the timer: only what is due now is handled.
+            let now = self.now();
+            if deadline.is_some_and(|at| at <= now) {
+                self.lock().node.handle_timeout(now);
+                self.pump();
+            }
+        }
+    }
+
+    /// Queued bytes on every connection (for a graceful shutdown).
+    fn queued(&self) -> usize {
+        let inner = self.lock();
+        inner
+            .node
+            .connections()
+            .filter_map(|id| inner.node.connection(id))
+            .map(|c| c.stats().queued_bytes)
+            .sum()
+    }
+
+    /// Closes every connection once what is queued has been written (or `grace` has passed),
+    /// and stops the tasks.
+    pub(crate) async fn shutdown(self: &Arc<Self>, grace: Duration) {
+        let end = std::time::Instant::now() + grace;
+        while self.queued() > 0 && std::time::Instant::now() < end {
+            smol::Timer::after(Duration::from_millis(5)).await;
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        let now = self.now();
+        {
+            let mut inner = self.lock();
+            let ids: Vec<ConnId> = inner.node.connections().collect();
+            for id in ids {
+                let _ = inner.node.close(now, id);
+            }
+        }
+        self.pump();
+        // Wait for the connection tasks and the timer task to end.
+        while self.tasks.load(Ordering::SeqCst) > 0 {
+            let listener = self.tasks_done.listen();
+            if self.tasks.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            self.timer.notify(usize::MAX);
+            listener
+                .or(async {
+                    smol::Timer::after(Duration::from_millis(50)).await;
+                })
+                .await;
+        }
+    }
+
+    /// The peer of a connection.
+    pub(crate) fn peer(&self, id: ConnId) -> Option<SocketAddr> {
+        self.lock().dispatch.peer(id)
+    }
+}

@@ -1,0 +1,1 @@
+//! std-threads adapter (being written).
