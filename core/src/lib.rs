@@ -83,10 +83,15 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
+// `arbitrary`'s derives need std; they are for fuzzing and tests on a host.
+#[cfg(all(feature = "arbitrary", not(test)))]
+extern crate std;
 
 pub mod cmf;
 pub mod connection;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod header;
 pub mod node;
 mod score;
@@ -94,11 +99,11 @@ pub mod sequence;
 pub mod storage;
 pub mod time;
 
+#[cfg(feature = "alloc")]
+pub use connection::OwnedMessage;
 pub use connection::{
     CloseReason, Config, Connection, Event, Message, Misbehaviour, Priority, Role, SendError,
 };
-#[cfg(feature = "alloc")]
-pub use connection::OwnedMessage;
 pub use header::Header;
 pub use node::{ConnId, Node, NodeConfig, Output};
 pub use time::Instant;

@@ -215,6 +215,9 @@ pub struct NodeHost<A: NodeApp = ()> {
     sockets: BTreeMap<Socket, ConnId>,
     conns: BTreeMap<ConnId, Socket>,
     connecting: BTreeMap<u64, ConnId>,
+    /// Connections the node said have bytes to write (its Transmit notices are edge
+    /// triggered: a lost one would leave data unwritten, and this host would show it).
+    writable: std::collections::BTreeSet<ConnId>,
     next_tag: u64,
     actions: VecDeque<Action>,
     /// The largest table sizes seen, for memory bounds.
@@ -232,6 +235,7 @@ impl<A: NodeApp> NodeHost<A> {
             sockets: BTreeMap::new(),
             conns: BTreeMap::new(),
             connecting: BTreeMap::new(),
+            writable: std::collections::BTreeSet::new(),
             next_tag: 0,
             actions: VecDeque::new(),
             peak: NodeUsage::default(),
@@ -315,6 +319,15 @@ impl<A: NodeApp> Host for NodeHost<A> {
 
     fn transmit(&mut self, socket: Socket) -> Option<&[u8]> {
         let id = *self.sockets.get(&socket)?;
+        if !self.writable.contains(&id) {
+            return None;
+        }
+        if self.node.connection(id).is_none_or(|c| !c.wants_transmit()) {
+            // Drained: the node will notify again.
+            self.writable.remove(&id);
+            let _ = self.node.poll_transmit(id);
+            return None;
+        }
         self.node.poll_transmit(id)
     }
 
@@ -340,6 +353,10 @@ impl<A: NodeApp> Host for NodeHost<A> {
 
     fn run(&mut self, now: Instant, trace: &mut Trace, name: &str) {
         while let Some(output) = self.node.poll_output() {
+            if let Output::Transmit { id } = output {
+                self.writable.insert(id);
+                continue;
+            }
             let received = NodeReceived::from_output(&output);
             let Some(received) = received else { continue };
             match &received {

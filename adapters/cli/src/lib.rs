@@ -1,4 +1,6 @@
-//! The library behind the `flowee-cli` binary: the JSON mapping of tokens and messages, so
-//! other tools and the fuzz targets can use it.
+//! The library behind the `flowee-cli` binary: the JSON mapping of tokens and messages, the
+//! network commands and the demo, so tests and other tools can use them.
 
+pub mod demo;
 pub mod json;
+pub mod net;

@@ -1,10 +1,11 @@
-//! `flowee-cli`: decode and encode Flowee frames as JSON.
+//! `flowee-cli`: decode and encode Flowee frames as JSON, serve, call, and a demo.
 
 use clap::{Parser, Subcommand};
-use flowee_cli::json;
+use flowee_cli::{demo, json, net};
 use serde_json::Value as Json;
 use std::io::Read;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -36,10 +37,98 @@ enum Command {
         /// JSON text, or `-` to read it from stdin.
         json: String,
     },
+    /// Run a server that answers pings (and version requests); stops on SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:1235.
+        #[arg(long)]
+        listen: String,
+        /// Send every message back with the same header ints and body.
+        #[arg(long)]
+        echo: bool,
+    },
+    /// Connect, send one message, print the reply as JSON.
+    Call {
+        /// Server address, e.g. 127.0.0.1:1235.
+        addr: String,
+        /// Service id.
+        #[arg(long)]
+        service: i32,
+        /// Message id.
+        #[arg(long)]
+        message: i32,
+        /// RequestId (header tag 11); the reply is matched by it.
+        #[arg(long)]
+        request_id: Option<i32>,
+        /// A header int, TAG=INT (tags 10 and up); may be repeated.
+        #[arg(long = "header", value_name = "TAG=INT")]
+        headers: Vec<String>,
+        /// The body as hex.
+        #[arg(long, group = "body")]
+        body_hex: Option<String>,
+        /// The body as a JSON token array (as `decode --cmf` prints).
+        #[arg(long, group = "body")]
+        body_json: Option<String>,
+        /// A body of N bytes where byte i is i mod 256.
+        #[arg(long, group = "body")]
+        body_size: Option<usize>,
+        /// Fail unless the reply's body equals the body sent.
+        #[arg(long)]
+        verify_echo: bool,
+        /// Seconds to wait for the connection and for the reply.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Ask a Flowee Hub (or any compatible server) for its version.
+    Version {
+        /// Server address, e.g. 127.0.0.1:1235.
+        addr: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// A tour over loopback: request/response, 1 MB through sequences, keepalive, a ban,
+    /// a reconnect.
+    Demo,
 }
 
 /// Exit status for bad input and protocol errors.
 const FAILURE: u8 = 2;
+/// Exit status for a failed call, version or serve (timeouts, closes, mismatches).
+const RUN_FAILURE: u8 = 1;
+
+fn seconds(s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("not a duration in seconds: {s}"))
+}
+
+fn header_arg(text: &str) -> Result<(u32, i32), String> {
+    let (tag, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("--header {text:?}: expected TAG=INT"))?;
+    let tag = tag
+        .trim()
+        .parse()
+        .map_err(|_| format!("--header {text:?}: bad tag"))?;
+    let value = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("--header {text:?}: bad int"))?;
+    Ok((tag, value))
+}
+
+/// Runs a network command: its own failures print one line and exit with 1.
+fn network(result: Result<Option<String>, net::Failure>) -> ExitCode {
+    match result {
+        Ok(Some(line)) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowee-cli: {e}");
+            ExitCode::from(RUN_FAILURE)
+        }
+    }
+}
 
 fn argument(arg: String) -> Result<String, String> {
     if arg != "-" {
@@ -93,6 +182,61 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("{}", json::to_hex(&bytes));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve { listen, echo } => {
+            let (tx, rx) = smol::channel::bounded::<()>(1);
+            ctrlc::set_handler(move || {
+                let _ = tx.try_send(());
+            })
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+            let stop = async move {
+                let _ = rx.recv().await;
+            };
+            let config = flowee_smol::NodeConfig::default();
+            Ok(network(
+                smol::block_on(net::serve(&listen, echo, config, stop)).map(|()| None),
+            ))
+        }
+        Command::Call {
+            addr,
+            service,
+            message,
+            request_id,
+            headers,
+            body_hex,
+            body_json,
+            body_size,
+            verify_echo,
+            timeout,
+        } => {
+            let body = if let Some(hex) = body_hex {
+                json::from_hex(&argument(hex)?).map_err(|e| e.to_string())?
+            } else if let Some(tokens) = body_json {
+                let value: Json = serde_json::from_str(&argument(tokens)?)
+                    .map_err(|e| format!("bad JSON: {e}"))?;
+                json::json_to_cmf(&value).map_err(|e| e.to_string())?
+            } else if let Some(n) = body_size {
+                (0..n).map(|i| i as u8).collect()
+            } else {
+                Vec::new()
+            };
+            let call = net::Call {
+                service,
+                message,
+                request_id,
+                headers: headers
+                    .iter()
+                    .map(|h| header_arg(h))
+                    .collect::<Result<_, _>>()?,
+                body,
+                verify_echo,
+                timeout: seconds(timeout)?,
+            };
+            Ok(network(smol::block_on(net::call(&addr, &call)).map(Some)))
+        }
+        Command::Version { addr, timeout } => Ok(network(
+            smol::block_on(net::version(&addr, seconds(timeout)?)).map(Some),
+        )),
+        Command::Demo => Ok(network(smol::block_on(demo::demo()).map(|()| None))),
     }
 }
 

@@ -5,9 +5,7 @@
 //! Nothing here does I/O or waits: `flowee-smol` and `flowee-std` call [`Dispatch::pump`] with
 //! their node locked and act on the [`Actions`] it returns.
 
-use flowee_proto::node::{
-    ConnId, HandleId, MAX_HANDLES, Output, Refused, RequestError, RequestId,
-};
+use flowee_proto::node::{ConnId, HandleId, MAX_HANDLES, Output, Refused, RequestError, RequestId};
 use flowee_proto::{
     CloseReason, Event, Header, Instant, Message, Misbehaviour, Node, OwnedMessage, Priority,
     SendError,
@@ -379,7 +377,10 @@ mod tests {
         d.set_sink(
             h,
             Some(Arc::new(|req: &Request<'_>, out: &mut Responder<'_>| {
-                let _ = out.reply(Message::new(reply_header(&req.message.header), req.message.body));
+                let _ = out.reply(Message::new(
+                    reply_header(&req.message.header),
+                    req.message.body,
+                ));
             })),
         );
         let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
@@ -398,7 +399,13 @@ mod tests {
         let actions = d.pump(&mut node, Instant::ZERO);
         assert_eq!(actions.disconnect, vec![id]);
         let seen = seen.lock().unwrap();
-        assert_eq!(seen[0], NodeEvent::Closed { id, reason: CloseReason::Local });
+        assert_eq!(
+            seen[0],
+            NodeEvent::Closed {
+                id,
+                reason: CloseReason::Local
+            }
+        );
         assert_eq!(seen[1], NodeEvent::Removed { id, unsent: (0, 0) });
     }
 }

@@ -91,7 +91,7 @@ impl Client {
                     rt.shutdown(Duration::ZERO).await;
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionRefused,
-                        format!("could not connect to {addr}"),
+                        "connection refused",
                     ));
                 }
                 Ok(_) => {}
@@ -171,9 +171,27 @@ impl Client {
         Ok(Subscription {
             rx: Box::pin(rx),
             lost,
-            handle,
+            handle: Some(handle),
             rt: self.rt.clone(),
         })
+    }
+
+    /// A stream of every message that no [`Client::subscribe`] claims (replies to
+    /// [`Client::request`] go to the request instead). Replaces the previous such stream.
+    pub fn incoming(&self) -> Subscription {
+        let (tx, rx) = smol::channel::bounded(STREAM_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let sink = ChannelSink {
+            tx,
+            lost: lost.clone(),
+        };
+        self.rt.lock().dispatch.set_unclaimed(Some(Arc::new(sink)));
+        Subscription {
+            rx: Box::pin(rx),
+            lost,
+            handle: None,
+            rt: self.rt.clone(),
+        }
     }
 
     /// A stream of connection events (connected, closed with reason, reconnecting, …).
@@ -201,7 +219,8 @@ impl Client {
 pub struct Subscription {
     rx: Pin<Box<Receiver<OwnedMessage>>>,
     lost: Arc<AtomicU64>,
-    handle: HandleId,
+    /// `None` for [`Client::incoming`].
+    handle: Option<HandleId>,
     rt: Arc<Runtime>,
 }
 
@@ -226,7 +245,13 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.rt.set_sink(self.handle, None);
-        let _ = self.rt.lock().node.close_handle(self.handle);
+        let mut inner = self.rt.lock();
+        match self.handle {
+            Some(handle) => {
+                inner.dispatch.set_sink(handle, None);
+                let _ = inner.node.close_handle(handle);
+            }
+            None => inner.dispatch.set_unclaimed(None),
+        }
     }
 }

@@ -101,7 +101,9 @@ impl Runtime {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic in a service must not take the whole adapter down with it.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn spawn(self: &Arc<Self>, f: impl Future<Output = ()> + Send + 'static) {
@@ -155,7 +157,11 @@ impl Runtime {
     }
 
     /// Takes an accepted socket; false if the node refused it (it is closed then).
-    pub(crate) fn add_incoming(self: &Arc<Self>, stream: Async<TcpStream>, peer: SocketAddr) -> bool {
+    pub(crate) fn add_incoming(
+        self: &Arc<Self>,
+        stream: Async<TcpStream>,
+        peer: SocketAddr,
+    ) -> bool {
         let now = self.now();
         let accepted = {
             let mut inner = self.lock();
@@ -196,7 +202,12 @@ impl Runtime {
                     wake.push(s.clone());
                 }
             }
-            wake.extend(actions.wake.iter().filter_map(|id| inner.conns.get(id).cloned()));
+            wake.extend(
+                actions
+                    .wake
+                    .iter()
+                    .filter_map(|id| inner.conns.get(id).cloned()),
+            );
             actions.connect
         };
         for s in wake {

@@ -163,7 +163,11 @@ impl Server {
     }
 
     /// Restores saved bans; returns how many were still running.
-    pub fn import_bans(&self, unix_now: u64, records: impl IntoIterator<Item = BanRecord>) -> usize {
+    pub fn import_bans(
+        &self,
+        unix_now: u64,
+        records: impl IntoIterator<Item = BanRecord>,
+    ) -> usize {
         let now = self.rt.now();
         let n = self.rt.lock().node.import_bans(now, unix_now, records);
         self.rt.pump();

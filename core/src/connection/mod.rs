@@ -89,12 +89,12 @@ impl<S: Storage> Outbox<S> {
             encoder: FrameEncoder::with_chunk_size(config.chunk_size.get()),
             high: OutQueue::new(
                 S::tx_high(config.high_queue_bytes.get()),
-                S::queue(config.high_queue_len.get()),
+                S::queue(config.high_queue_len.get() + 1),
                 config.high_queue_len.get(),
             ),
             normal: OutQueue::new(
                 S::tx(config.normal_queue_bytes.get()),
-                S::queue(config.normal_queue_len.get()),
+                S::queue(config.normal_queue_len.get() + 1),
                 config.normal_queue_len.get(),
             ),
         }
@@ -116,7 +116,6 @@ impl<S: Storage> Outbox<S> {
     }
 
     /// Queues a message (see [`Connection::send`]), for a connection that is not up.
-    #[allow(clippy::result_large_err)]
     pub fn send<'a>(
         &mut self,
         message: Message<'a>,
@@ -229,6 +228,8 @@ pub struct Connection<S: Storage = DefaultStorage> {
     ping_window: (Instant, u32),
     /// The last time data went through the buffers (for releasing idle ones).
     last_busy: Instant,
+    /// Bytes of preface ([`Connection::send_first`]) at the head of the high queue.
+    preface_len: usize,
     /// Events that are not received data, each with the number of deliveries that come
     /// before it, so events stay in the order things happened.
     notices: heapless::Deque<(u64, Notice), NOTICES>,
@@ -292,6 +293,7 @@ impl<S: Storage> Connection<S> {
             ping_sent_at: None,
             ping_window: (now, 0),
             last_busy: now,
+            preface_len: 0,
             notices: heapless::Deque::new(),
             score: Score::new(now),
             stats: Stats::default(),
@@ -389,6 +391,9 @@ impl<S: Storage> Connection<S> {
             // Data can only come over an established TCP connection.
             self.handle_connected(now);
         }
+        // The last event's borrow has ended (this call needs `&mut self`), so its room can be
+        // reused at once.
+        self.inbox.release();
         let mut taken = 0;
         loop {
             let n = self.inbox.push(&data[taken..]);
@@ -563,8 +568,6 @@ impl<S: Storage> Connection<S> {
 
     /// Command: queue a message. Bodies above the chunk size go out as a sequence (normal
     /// priority only). Errors give the message back and change nothing.
-    // The error is as large as the message because it gives the message back, by design.
-    #[allow(clippy::result_large_err)]
     pub fn send<'a>(
         &mut self,
         now: Instant,
@@ -600,8 +603,8 @@ impl<S: Storage> Connection<S> {
         if self.is_closed() {
             return;
         }
+        // Misbehaviour already noticed stays reported (it counts towards bans).
         self.inbox.clear();
-        self.notices.clear();
         self.close_with(now, CloseReason::Local);
     }
 
@@ -859,20 +862,23 @@ impl<S: Storage> Connection<S> {
             return;
         }
         self.inbox.clear();
-        self.notices.clear();
         self.close_with(now, reason);
     }
 
-    /// The messages not (fully) sent, whatever the state; partly sent ones start over.
+    /// The messages not (fully) sent, whatever the state; partly sent ones start over. A
+    /// preface ([`Connection::send_first`]) belongs to this connection and is left out.
     pub(crate) fn into_outbox(mut self) -> Outbox<S> {
         self.outbox.high.rewind();
         self.outbox.normal.rewind();
+        if self.stats.bytes_out < self.preface_len as u64 {
+            self.outbox.high.drop_front();
+        }
         self.outbox
     }
 
     /// Command: queue a message at high priority ahead of everything queued, before anything
-    /// was transmitted (a login that must be the first message).
-    #[allow(clippy::result_large_err)]
+    /// was transmitted (a login that must be the first message). It may go over the queue's
+    /// message count by one, and it is not carried to a next connection.
     pub fn send_first<'a>(
         &mut self,
         now: Instant,
@@ -886,10 +892,15 @@ impl<S: Storage> Connection<S> {
         if message.body.len() > outbox.encoder.chunk_size() || self.stats.bytes_out > 0 {
             return Err(SendError::TooLarge(message));
         }
+        let len = outbox
+            .encoder
+            .encoded_len(&message.header, message.body.len());
         outbox
             .high
             .push_front(&outbox.encoder, &message.header, message.body)
-            .map_err(|refused| refused.with(message))
+            .map_err(|refused| refused.with(message))?;
+        self.preface_len += len;
+        Ok(())
     }
 
     /// Once closed: takes the messages that were not (fully) sent, to give to the next

@@ -221,7 +221,8 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
             head: 0,
             tail: 0,
             sent: 0,
-            limit: limit.min(entries.max_len()),
+            // One entry stays free for a preface (`push_front`) when the storage allows.
+            limit: limit.min(entries.max_len().saturating_sub(1).max(1)),
             entries,
             shared: 0,
             shared_bytes: 0,
@@ -274,7 +275,13 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
         Ok(())
     }
 
+    /// Drops the front message (a preface that was never transmitted).
+    pub(crate) fn drop_front(&mut self) {
+        self.pop_front();
+    }
+
     /// Encodes a message at the front of the queue; only before anything was transmitted.
+    /// It may take the queue one message over its count bound (not over its byte bound).
     pub(crate) fn push_front(
         &mut self,
         encoder: &FrameEncoder,
@@ -288,8 +295,8 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
         if self.sent > 0 || needed > self.buf.max_capacity() {
             return Err(Refused::TooLarge);
         }
-        if self.entries.len() >= self.limit
-            || self.tail - self.head + self.shared_bytes + needed > self.buf.max_capacity()
+        if self.tail - self.head + self.shared_bytes + needed > self.buf.max_capacity()
+            || self.entries.len() >= self.entries.max_len()
         {
             return Err(Refused::Full);
         }
@@ -429,7 +436,7 @@ mod tests {
     type Q = OutQueue<HeapBytes, HeapFifo<QueueEntry>>;
 
     fn q(max_bytes: usize, limit: usize) -> Q {
-        OutQueue::new(HeapBytes::new(max_bytes), HeapFifo::new(limit), limit)
+        OutQueue::new(HeapBytes::new(max_bytes), HeapFifo::new(limit + 1), limit)
     }
 
     #[test]

@@ -28,6 +28,17 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// What [`Bans::ban`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BanChange {
+    /// A new ban; a ban ending sooner may have made room.
+    Added { evicted: Option<IpAddr> },
+    /// The address was banned already; the ban ends at the later of the two times.
+    Extended,
+    /// The table is full of bans ending later; this one was not kept.
+    Dropped,
+}
+
 /// Banned addresses and when their bans end. Bounded: when full, the ban ending soonest
 /// makes room.
 pub(crate) struct Bans {
@@ -47,14 +58,26 @@ impl Bans {
             .filter(|&until| until > now)
     }
 
-    pub(crate) fn ban(&mut self, ip: IpAddr, until: Instant) {
+    /// Bans `ip` until `until`, or longer if it is banned longer already. When the table is
+    /// full, the ban ending soonest (which may be this one) goes. Returns what changed.
+    pub(crate) fn ban(&mut self, ip: IpAddr, until: Instant) -> BanChange {
         let ip = canonical(ip);
-        if self.map.get(&ip).is_none() && self.map.is_full() {
-            if let Some(soonest) = self.map.min_by_key(|&until| until) {
-                self.map.remove(&soonest);
+        if let Some(current) = self.map.get_mut(&ip) {
+            *current = (*current).max(until);
+            return BanChange::Extended;
+        }
+        let mut evicted = None;
+        if self.map.is_full() {
+            match self.map.min_by_key(|&u| u) {
+                Some(soonest) if self.map.get(&soonest).is_some_and(|&u| u < until) => {
+                    self.map.remove(&soonest);
+                    evicted = Some(soonest);
+                }
+                _ => return BanChange::Dropped,
             }
         }
         let _ = self.map.insert(ip, until);
+        BanChange::Added { evicted }
     }
 
     pub(crate) fn unban(&mut self, ip: IpAddr) -> bool {
@@ -97,23 +120,21 @@ impl Bans {
             })
     }
 
-    /// Takes bans saved by [`Bans::export`]; ones already over are skipped. Returns the bans
-    /// taken.
+    /// Takes bans saved by [`Bans::export`]; ones already over are skipped, and a ban never
+    /// gets shorter. `changed` hears about every ban added or evicted.
     pub(crate) fn import(
         &mut self,
         now: Instant,
         unix_now: u64,
         records: impl IntoIterator<Item = BanRecord>,
-    ) -> usize {
-        let mut n = 0;
+        mut changed: impl FnMut(BanChange, IpAddr),
+    ) {
         for r in records {
             if r.until_unix_secs > unix_now {
                 let left = Duration::from_secs(r.until_unix_secs - unix_now);
-                self.ban(r.ip, now + left);
-                n += 1;
+                changed(self.ban(r.ip, now + left), r.ip);
             }
         }
-        n
     }
 }
 
@@ -283,14 +304,32 @@ mod tests {
         b.ban(ip(1), now + Duration::from_secs(3600));
         b.ban(ip(2), now + Duration::from_secs(60));
         assert_eq!(b.banned_until(ip(1), now), Some(Instant::from_secs(3700)));
-        // Full: the ban ending soonest makes room.
-        b.ban(ip(3), now + Duration::from_secs(600));
+        // Full: the ban ending soonest makes room, and a ban never gets shorter.
+        assert_eq!(
+            b.ban(ip(3), now + Duration::from_secs(600)),
+            BanChange::Added {
+                evicted: Some(ip(2))
+            }
+        );
         assert_eq!(b.banned_until(ip(2), now), None);
+        assert_eq!(
+            b.ban(ip(4), now + Duration::from_secs(1)),
+            BanChange::Dropped
+        );
+        assert_eq!(
+            b.ban(ip(1), now + Duration::from_secs(1)),
+            BanChange::Extended
+        );
+        assert_eq!(b.banned_until(ip(1), now), Some(Instant::from_secs(3700)));
         let saved: Vec<BanRecord> = b.export(now, 1_700_000_000).collect();
         assert_eq!(saved.len(), 2);
         let mut fresh = Bans::new(10);
         let later = Instant::from_secs(5);
-        assert_eq!(fresh.import(later, 1_700_000_000 + 100, saved), 2);
+        let mut added = 0;
+        fresh.import(later, 1_700_000_000 + 100, saved, |c, _| {
+            added += usize::from(matches!(c, BanChange::Added { .. }))
+        });
+        assert_eq!(added, 2);
         assert_eq!(
             fresh.banned_until(ip(3), later),
             Some(later + Duration::from_secs(500))

@@ -177,29 +177,39 @@ impl<K: Ord + Copy, V, const N: usize> Map<K, V, N> {
     }
 }
 
-/// A FIFO with no runtime bound of its own (what goes in is bounded by the node's tables);
-/// without `alloc` it holds `N`.
+/// A FIFO of at most `max` items (and at most `N` without `alloc`).
 #[derive(Clone, Debug)]
 pub(crate) struct Queue<T, const N: usize> {
     #[cfg(feature = "alloc")]
     items: alloc::collections::VecDeque<T>,
     #[cfg(not(feature = "alloc"))]
     items: heapless::Deque<T, N>,
+    max: usize,
 }
 
 impl<T, const N: usize> Queue<T, N> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Queue {
             items: Default::default(),
+            #[cfg(feature = "alloc")]
+            max,
+            #[cfg(not(feature = "alloc"))]
+            max: max.min(N),
         }
     }
 
-    pub(crate) fn push(&mut self, item: T) {
+    /// Appends, or gives the item back when full.
+    pub(crate) fn push(&mut self, item: T) -> Result<(), T> {
+        if self.items.len() >= self.max {
+            return Err(item);
+        }
         #[cfg(feature = "alloc")]
-        self.items.push_back(item);
-        // N is sized for the most a fixed-capacity node can queue at once.
+        {
+            self.items.push_back(item);
+            Ok(())
+        }
         #[cfg(not(feature = "alloc"))]
-        let _ = self.items.push_back(item);
+        self.items.push_back(item)
     }
 
     pub(crate) fn pop(&mut self) -> Option<T> {
@@ -208,6 +218,41 @@ impl<T, const N: usize> Queue<T, N> {
 
     pub(crate) fn len(&self) -> usize {
         self.items.len()
+    }
+
+    /// Removes the first item for which `f` is true; returns whether one was.
+    pub(crate) fn remove_first(&mut self, mut f: impl FnMut(&T) -> bool) -> bool {
+        let Some(i) = self.items.iter().position(&mut f) else {
+            return false;
+        };
+        // Rotate the items before it to the back and back again, dropping the one found.
+        let n = self.items.len();
+        for k in 0..n {
+            if let Some(item) = self.items.pop_front() {
+                if k != i {
+                    #[cfg(feature = "alloc")]
+                    self.items.push_back(item);
+                    #[cfg(not(feature = "alloc"))]
+                    let _ = self.items.push_back(item);
+                }
+            }
+        }
+        true
+    }
+
+    /// Keeps only the items for which `f` is true.
+    pub(crate) fn retain(&mut self, mut f: impl FnMut(&T) -> bool) {
+        let n = self.items.len();
+        for _ in 0..n {
+            if let Some(item) = self.items.pop_front() {
+                if f(&item) {
+                    #[cfg(feature = "alloc")]
+                    self.items.push_back(item);
+                    #[cfg(not(feature = "alloc"))]
+                    let _ = self.items.push_back(item);
+                }
+            }
+        }
     }
 }
 
@@ -234,6 +279,10 @@ impl<T: Ord + Copy, const N: usize> MinHeap<T, N> {
 
     pub(crate) fn len(&self) -> usize {
         self.items.len()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.items.len() >= self.max
     }
 
     /// Adds an item; false when full.

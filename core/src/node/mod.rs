@@ -23,12 +23,13 @@ pub use routing::{HandleId, HandleSet, MAX_HANDLES, MAX_SUBSCRIPTIONS, RouteErro
 #[cfg(feature = "alloc")]
 use crate::connection::EncodedMessage;
 use crate::connection::{
-    CloseReason, Config, Connection, Event, Message, Outbox, Priority, Role, SendError,
+    CloseReason, Config, Connection, Event, Message, Misbehaviour, Outbox, Priority, Role,
+    SendError,
 };
 use crate::header::{Header, tags};
 use crate::storage::{DefaultStorage, Storage};
 use crate::time::Instant;
-use admission::{AllowList, Bans, RateLimiter, Scores};
+use admission::{AllowList, BanChange, Bans, RateLimiter, Scores};
 use bounded::{List, Map, MinHeap};
 use core::fmt;
 use core::net::{IpAddr, SocketAddr};
@@ -44,6 +45,8 @@ const FIXED_REQUESTS: usize = 16;
 const FIXED_TIMERS: usize = 64;
 /// Queued node outputs without `alloc`.
 const FIXED_OUTPUTS: usize = 64;
+/// Evictions reported per ban import without `alloc`.
+const FIXED_IMPORT: usize = 32;
 
 /// A connection of a [`Node`]. Stays valid across reconnects of an outgoing connection; once
 /// the connection is removed, every call with it fails with [`NodeError::UnknownConnection`].
@@ -135,7 +138,7 @@ pub enum Refused {
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refused::Banned { until } => write!(f, "banned until {until}"),
+            Refused::Banned { .. } => f.write_str("the address is banned"),
             Refused::RateLimited => f.write_str("connecting too often"),
             Refused::TooManyFromAddress => f.write_str("too many connections from this address"),
             Refused::Full => f.write_str("connection limit reached"),
@@ -356,6 +359,8 @@ pub struct NodeUsage {
     pub timers: usize,
     /// Outputs waiting to be polled.
     pub queued_outputs: usize,
+    /// Ban notices dropped because outputs were not polled.
+    pub dropped_outputs: u64,
 }
 
 /// Outputs the node makes itself (owned, queued).
@@ -417,6 +422,10 @@ struct Slot<S: Storage> {
     in_ready: bool,
     transmit_notified: bool,
     awaiting_login: bool,
+    /// [`Node::close`] was called: never reconnect, whatever the close reason.
+    closing: bool,
+    /// The adapter was told to connect and has not answered yet.
+    dialing: bool,
 }
 
 /// Timer heap keys.
@@ -459,6 +468,11 @@ pub struct Node<S: Storage = DefaultStorage> {
     router: Router,
     requests: Map<i32, Pending, FIXED_REQUESTS>,
     next_request: i32,
+    /// A slot whose `Closed` was just handed out; freed at the next poll so the id still
+    /// works while the application looks at that event.
+    remove_next: Option<u32>,
+    /// Informational outputs (bans) dropped because the output queue was full.
+    dropped_outputs: u64,
 }
 
 impl<S: Storage> fmt::Debug for Node<S> {
@@ -482,7 +496,10 @@ impl<S: Storage> Node<S> {
             free: List::new(max),
             live: 0,
             ready: List::new(max),
-            queued: bounded::Queue::new(),
+            // Room for every structural output the tables can cause at once, plus bans.
+            queued: bounded::Queue::new(
+                4 * max + config.max_pending_requests.get() + 2 * config.max_bans.get() + 64,
+            ),
             timers: MinHeap::new(usize::MAX),
             bans: Bans::new(config.max_bans.get()),
             scores: Scores::new(config.max_scores.get(), config.score_decay_per_hour),
@@ -491,6 +508,8 @@ impl<S: Storage> Node<S> {
             router: Router::new(),
             requests: Map::new(config.max_pending_requests.get()),
             next_request: 0,
+            remove_next: None,
+            dropped_outputs: 0,
             config,
         }
     }
@@ -511,6 +530,7 @@ impl<S: Storage> Node<S> {
             requests: self.requests.len(),
             timers: self.timers.len(),
             queued_outputs: self.queued.len(),
+            dropped_outputs: self.dropped_outputs,
         }
     }
 
@@ -580,12 +600,20 @@ impl<S: Storage> Node<S> {
             in_ready: false,
             transmit_notified: false,
             awaiting_login: direction == Direction::Incoming && self.config.require_login.is_some(),
+            closing: false,
+            dialing: false,
         };
         let index = match self.free.pop() {
             Some(i) => {
                 let old = self.slots.get_mut(i as usize)?;
                 let generation = old.generation.wrapping_add(1).max(1);
-                *old = Slot { generation, ..slot };
+                // The index may still be in the ready list; it must not go in twice.
+                let in_ready = old.in_ready;
+                *old = Slot {
+                    generation,
+                    in_ready,
+                    ..slot
+                };
                 i
             }
             None => {
@@ -619,10 +647,7 @@ impl<S: Storage> Node<S> {
             if let Some(until) = self.bans.banned_until(ip, now) {
                 return Err(Refused::Banned { until });
             }
-            if self.config.rate_limit
-                && !ip.to_canonical().is_loopback()
-                && !self.rate.allows(ip, now)
-            {
+            if self.rate_limited(ip) && !self.rate.allows(ip, now) {
                 return Err(Refused::RateLimited);
             }
             if let Some(max) = self.config.max_connections_per_ip {
@@ -644,18 +669,26 @@ impl<S: Storage> Node<S> {
         let id = self
             .allocate(State::Live(conn), Direction::Incoming, peer)
             .ok_or(Refused::Full)?;
-        if !exempt && self.config.rate_limit {
+        if !exempt && self.rate_limited(ip) {
             self.rate.record(ip, now);
         }
         self.touch(id.index);
         Ok(id)
     }
 
-    /// Input: the TCP connect for `id` succeeded.
+    /// Whether the rate limiter looks at `ip` (loopback is neither checked nor recorded).
+    fn rate_limited(&self, ip: IpAddr) -> bool {
+        self.config.rate_limit && !ip.to_canonical().is_loopback()
+    }
+
+    /// Input: the TCP connect for `id` succeeded. Ignored unless a connect was asked for.
     pub fn handle_connected(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
         let now = self.tick(now);
         let cookie = self.config.login_cookie.clone();
         let slot = self.slot_mut(id)?;
+        if !core::mem::take(&mut slot.dialing) {
+            return Ok(());
+        }
         if let State::Live(conn) = &mut slot.state {
             conn.handle_connected(now);
             if let Some(cookie) = cookie {
@@ -673,17 +706,21 @@ impl<S: Storage> Node<S> {
     }
 
     /// Input: the TCP connect for `id` failed. The node decides when to try again
-    /// (backoff 0, 4, 13, 32, 44, 44… s).
+    /// (backoff 0, 4, 13, 32, 44, 44… s). Ignored unless a connect was asked for.
     pub fn handle_connect_failed(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
         let now = self.tick(now);
         let slot = self.slot_mut(id)?;
-        if !matches!(&slot.state, State::Live(c) if !c.is_established() && !c.is_closed()) {
+        if !core::mem::take(&mut slot.dialing) {
+            return Ok(());
+        }
+        if slot.closing {
+            self.remove(id.index);
             return Ok(());
         }
         let State::Live(conn) = core::mem::replace(&mut slot.state, State::Free) else {
             return Ok(());
         };
-        slot.attempts += 1;
+        slot.attempts = slot.attempts.saturating_add(1);
         let attempt = slot.attempts;
         let at = now + connect_backoff(attempt);
         slot.state = State::Waiting {
@@ -746,12 +783,16 @@ impl<S: Storage> Node<S> {
                     }
                 }
                 Key::Bans => {
-                    let queued = &mut self.queued;
-                    self.bans
-                        .expire(now, |ip| queued.push(Queued::Unbanned(ip)));
+                    let mut ended = List::<IpAddr, { admission::FIXED_BANS }>::new(usize::MAX);
+                    self.bans.expire(now, |ip| {
+                        let _ = ended.push(ip);
+                    });
+                    for ip in ended.iter() {
+                        self.queue(Queued::Unbanned(*ip));
+                    }
                     self.scores.prune(now);
                     if let Some(next) = self.bans.next_expiry() {
-                        self.timers.push((next, Key::Bans));
+                        self.push_timer(next, Key::Bans);
                     }
                 }
             }
@@ -807,10 +848,11 @@ impl<S: Storage> Node<S> {
         // Stale entries are skipped when they come up; if they pile up, start over from the
         // deadlines that are current.
         let bound = 4 * (self.slots.len() + self.requests.len()) + 64;
-        if self.timers.len() >= bound {
+        if self.timers.len() >= bound || self.timers.is_full() {
             self.rebuild_timers();
         }
-        self.timers.push((at, key));
+        // After a rebuild the heap holds one entry per deadline, within its size.
+        let _ = self.timers.push((at, key));
     }
 
     fn rebuild_timers(&mut self) {
@@ -834,7 +876,20 @@ impl<S: Storage> Node<S> {
     }
 
     fn queue(&mut self, q: Queued) {
-        self.queued.push(q);
+        let Err(q) = self.queued.push(q) else {
+            return;
+        };
+        // Full (the adapter is not polling): ban notices give way; the ban table itself stays
+        // right and can be exported. Everything else fits by construction.
+        let informational = |q: &Queued| matches!(q, Queued::Banned(..) | Queued::Unbanned(..));
+        if self.queued.remove_first(informational) {
+            self.dropped_outputs += 1;
+            let _ = self.queued.push(q);
+        } else if informational(&q) {
+            self.dropped_outputs += 1;
+        } else {
+            let _ = self.queued.push(q);
+        }
     }
 
     /// Output: when [`Node::handle_timeout`] should be called next (possibly a little early).
@@ -843,7 +898,6 @@ impl<S: Storage> Node<S> {
     }
 
     /// Command: queue a message on `id` (see [`Connection::send`]).
-    #[allow(clippy::result_large_err)]
     pub fn send<'a>(
         &mut self,
         now: Instant,
@@ -866,7 +920,6 @@ impl<S: Storage> Node<S> {
 
     /// Command: send a request; the reply comes as [`Output::Reply`], or
     /// [`Output::RequestFailed`] after `timeout`. The node sets the RequestId (header tag 11).
-    #[allow(clippy::result_large_err)]
     pub fn request<'a>(
         &mut self,
         now: Instant,
@@ -967,6 +1020,7 @@ impl<S: Storage> Node<S> {
     pub fn close(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
         let now = self.tick(now);
         let slot = self.slot_mut(id)?;
+        slot.closing = true;
         match &mut slot.state {
             State::Live(conn) => conn.close(now),
             State::Waiting { .. } => {
@@ -984,10 +1038,13 @@ impl<S: Storage> Node<S> {
     pub fn punish(&mut self, now: Instant, id: ConnId, points: u32) -> Result<(), NodeError> {
         self.tick(now);
         let slot = self.slot_mut(id)?;
+        // The connection reports it as an event; the address is scored here and now, so a
+        // close right after cannot lose the points.
         if let State::Live(conn) = &mut slot.state {
             conn.punish(points);
         }
         self.touch(id.index);
+        self.on_misbehaved(id.index, points);
         Ok(())
     }
 
@@ -1000,21 +1057,49 @@ impl<S: Storage> Node<S> {
     pub fn ban(&mut self, now: Instant, ip: IpAddr) {
         let now = self.tick(now);
         let until = now + self.config.ban_duration;
-        self.bans.ban(ip, until);
+        let change = self.bans.ban(ip, until);
+        self.note_ban(change, ip);
         self.scores.forget(ip);
-        self.queue(Queued::Banned(ip, until));
-        self.push_timer(self.bans.next_expiry().unwrap_or(until), Key::Bans);
-        for i in 0..self.slots.len() {
-            let Some(slot) = self.slots.get_mut(i) else {
+        // Its connections close, and those waiting to reconnect never do.
+        for i in 0..self.slots.len() as u32 {
+            let Some(slot) = self.slots.get_mut(i as usize) else {
                 continue;
             };
             if admission::canonical(slot.peer.ip()) != admission::canonical(ip) {
                 continue;
             }
-            if let State::Live(conn) = &mut slot.state {
-                conn.force_close(now, CloseReason::Banned);
-                self.touch(i as u32);
+            slot.closing = true;
+            match &mut slot.state {
+                State::Live(conn) => {
+                    conn.force_close(now, CloseReason::Banned);
+                    self.touch(i);
+                }
+                State::Waiting { .. } => self.remove(i),
+                State::Free => {}
             }
+        }
+    }
+
+    /// Reports a change of the ban table and keeps its expiry timer.
+    fn note_ban(&mut self, change: BanChange, ip: IpAddr) {
+        match change {
+            BanChange::Added { evicted } => {
+                if let Some(old) = evicted {
+                    self.queue(Queued::Unbanned(old));
+                }
+                if let Some(until) = self.bans.banned_until(ip, self.now) {
+                    self.queue(Queued::Banned(ip, until));
+                }
+            }
+            BanChange::Extended => {
+                if let Some(until) = self.bans.banned_until(ip, self.now) {
+                    self.queue(Queued::Banned(ip, until));
+                }
+            }
+            BanChange::Dropped => {}
+        }
+        if let Some(next) = self.bans.next_expiry() {
+            self.push_timer(next, Key::Bans);
         }
     }
 
@@ -1045,11 +1130,26 @@ impl<S: Storage> Node<S> {
         records: impl IntoIterator<Item = BanRecord>,
     ) -> usize {
         let now = self.tick(now);
-        let n = self.bans.import(now, unix_now, records);
+        let mut changes = List::<(BanChange, IpAddr), FIXED_IMPORT>::new(usize::MAX);
+        let mut taken = 0;
+        self.bans.import(now, unix_now, records, |change, ip| {
+            if change != BanChange::Dropped {
+                taken += 1;
+            }
+            if let BanChange::Added { evicted: Some(_) } = change {
+                let _ = changes.push((change, ip));
+            }
+        });
+        // Bans pushed out of a full table are reported as ended.
+        for (change, _) in changes.iter() {
+            if let BanChange::Added { evicted: Some(old) } = change {
+                self.queue(Queued::Unbanned(*old));
+            }
+        }
         if let Some(next) = self.bans.next_expiry() {
             self.push_timer(next, Key::Bans);
         }
-        n
+        taken
     }
 
     /// Command: exempt an address from bans and rate limits; false if the allow-list is full.
@@ -1161,18 +1261,24 @@ impl<S: Storage> Node<S> {
         self.live -= 1;
         let _ = self.free.push(index);
         self.router.forget_connection(id);
-        let queued = &mut self.queued;
+        // A connect not handed out yet is for a connection that no longer exists.
+        self.queued
+            .retain(|q| !matches!(q, Queued::Connect(c, _) if *c == id));
+        let mut failed = List::<i32, FIXED_REQUESTS>::new(usize::MAX);
         self.requests.retain(|rid, p| {
             let keep = p.conn != id;
             if !keep {
-                queued.push(Queued::RequestFailed(
-                    id,
-                    RequestId(*rid),
-                    RequestError::Closed,
-                ));
+                let _ = failed.push(*rid);
             }
             keep
         });
+        for rid in failed.iter() {
+            self.queue(Queued::RequestFailed(
+                id,
+                RequestId(*rid),
+                RequestError::Closed,
+            ));
+        }
         self.queue(Queued::Removed(id, unsent));
     }
 
@@ -1185,7 +1291,7 @@ impl<S: Storage> Node<S> {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
         };
-        if slot.direction == Direction::Outgoing && reason.should_reconnect() {
+        if slot.direction == Direction::Outgoing && reason.should_reconnect() && !slot.closing {
             let State::Live(conn) = core::mem::replace(&mut slot.state, State::Free) else {
                 return;
             };
@@ -1195,7 +1301,7 @@ impl<S: Storage> Node<S> {
                 slot.attempts = 0;
                 (now + after_drop, 0)
             } else {
-                slot.attempts += 1;
+                slot.attempts = slot.attempts.saturating_add(1);
                 (now + connect_backoff(slot.attempts), slot.attempts)
             };
             slot.state = State::Waiting {
@@ -1206,7 +1312,8 @@ impl<S: Storage> Node<S> {
             self.queue(Queued::Reconnecting(id, at, attempt));
             self.touch(index);
         } else {
-            self.remove(index);
+            // Freed at the next poll, after the application has seen the `Closed`.
+            self.remove_next = Some(index);
         }
     }
 
@@ -1228,19 +1335,23 @@ impl<S: Storage> Node<S> {
     /// Output: the next thing to do or deliver.
     pub fn poll_output(&mut self) -> Option<Output<'_>> {
         loop {
+            if let Some(index) = self.remove_next.take() {
+                self.remove(index);
+            }
             if let Some(q) = self.queued.pop() {
+                if let Queued::Connect(id, _) = q {
+                    if let Ok(slot) = self.slot_mut(id) {
+                        slot.dialing = true;
+                    }
+                }
                 return Some(q.output());
             }
             let index = *self.ready.get(0)?;
             match self.next_step(index) {
                 Step::Again => {}
                 Step::Transmit(id) => return Some(Output::Transmit { id }),
-                Step::Event(id, event) => {
-                    return Some(Output::Event {
-                        id,
-                        event,
-                        handles: self.router.watching(id),
-                    });
+                Step::Event(id, event, handles) => {
+                    return Some(Output::Event { id, event, handles });
                 }
                 // Borrowed data: a path of its own that always returns what it borrows.
                 Step::Deliver => return self.deliver(index),
@@ -1278,12 +1389,17 @@ impl<S: Storage> Node<S> {
                 let Some(event) = conn.poll_event().and_then(|e| e.to_static()) else {
                     return Step::Again;
                 };
+                // The handles that watch the connection, before a close forgets them.
+                let handles = self.router.watching(id);
                 match event {
-                    Event::Misbehaved { points, .. } => self.on_misbehaved(index, points),
+                    // Application points were scored by `Node::punish` already.
+                    Event::Misbehaved { kind, points, .. } if kind != Misbehaviour::Application => {
+                        self.on_misbehaved(index, points)
+                    }
                     Event::Closed { reason } => self.on_closed(index, reason),
                     _ => {}
                 }
-                Step::Event(id, event)
+                Step::Event(id, event, handles)
             }
             Some(true) if slot.awaiting_login => {
                 let ok = match conn.poll_event() {
@@ -1362,7 +1478,7 @@ impl<S: Storage> Node<S> {
 enum Step {
     Again,
     Transmit(ConnId),
-    Event(ConnId, Event<'static>),
+    Event(ConnId, Event<'static>, HandleSet),
     Deliver,
 }
 

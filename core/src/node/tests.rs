@@ -501,3 +501,200 @@ fn deadlines_are_never_stale() {
     }
     assert!(server.connection(s).is_some(), "pings kept it open");
 }
+
+// Regressions found in review.
+
+#[test]
+fn a_reused_slot_does_not_starve_another_connection() {
+    let cfg = NodeConfig {
+        max_connections: NonZeroUsize::new(2).unwrap(),
+        ..NodeConfig::default()
+    };
+    let mut server = N::new(t(0), cfg);
+    let mut client = N::new(t(0), NodeConfig::default());
+    let a = server.accept(t(0), addr(2, 1)).unwrap();
+    let cb = client.connect(t(0), addr(1, 1)).unwrap();
+    drain(&mut client);
+    let b = server.accept(t(0), addr(3, 1)).unwrap();
+    client.handle_connected(t(0), cb).unwrap();
+    drain(&mut server);
+    server.close(t(1), a).unwrap();
+    assert!(matches!(server.poll_output(), Some(Output::Event { .. })));
+    // The application accepts at once; the new connection takes the freed slot later.
+    let _ = server.accept(t(1), addr(4, 1));
+    client
+        .send(t(1), cb, msg(5, 1, b"hello"), Priority::Normal)
+        .unwrap();
+    let (_, out) = pump(t(1), &mut client, &mut server, &[(cb, b)]);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, O::Message(id, ..) if *id == b)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn closed_reaches_the_watchers_and_the_id_works_until_the_next_poll() {
+    let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
+    let w = server.open_handle(Scope::Connection(s)).unwrap();
+    pump(t(0), &mut client, &mut server, &[(c, s)]);
+    server.handle_eof(t(1), s).unwrap();
+    match server.poll_output() {
+        Some(Output::Event {
+            event: Event::Closed { .. },
+            handles,
+            ..
+        }) => {
+            assert!(handles.contains(w))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.peer(s), Some(addr(2, 40000)));
+    let rest = drain(&mut server);
+    assert_eq!(rest, vec![O::Disconnect(s), O::Removed(s, (0, 0))]);
+    assert_eq!(server.peer(s), None);
+}
+
+#[test]
+fn close_wins_over_a_reconnect() {
+    let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
+    server
+        .send(t(0), s, msg(5, 1, b"y"), Priority::Normal)
+        .unwrap();
+    pump(t(0), &mut client, &mut server, &[(c, s)]);
+    client.handle_eof(t(1), c).unwrap();
+    client.close(t(1), c).unwrap();
+    let out = drain(&mut client);
+    assert!(out.contains(&O::Removed(c, (0, 0))), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, O::Reconnecting(..))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn punishment_is_never_lost() {
+    // On a connection waiting to reconnect.
+    let mut n = N::new(t(0), NodeConfig::default());
+    let c = n.connect(t(0), addr(1, 1)).unwrap();
+    drain(&mut n);
+    n.handle_connect_failed(t(0), c).unwrap();
+    drain(&mut n);
+    n.punish(t(0), c, 2000).unwrap();
+    assert!(n.banned_until(addr(1, 1).ip()).is_some());
+    let out = drain(&mut n);
+    assert!(
+        out.contains(&O::Removed(c, (0, 0))),
+        "banned: no reconnect; {out:?}"
+    );
+    // Followed by a close.
+    let s = n.accept(t(0), addr(2, 1)).unwrap();
+    n.punish(t(0), s, 2000).unwrap();
+    n.close(t(0), s).unwrap();
+    assert!(n.banned_until(addr(2, 1).ip()).is_some());
+    // Counted once.
+    let s = n.accept(t(0), addr(3, 1)).unwrap();
+    n.punish(t(0), s, 300).unwrap();
+    drain(&mut n);
+    assert_eq!(n.score(addr(3, 1).ip()), 300);
+}
+
+#[test]
+fn loopback_does_not_fill_the_rate_log() {
+    let cfg = NodeConfig {
+        rate_limit: true,
+        rate_log_len: NonZeroUsize::new(4).unwrap(),
+        ..NodeConfig::default()
+    };
+    let mut n = N::new(t(0), cfg);
+    let lo = SocketAddr::new(IpAddr::V4(core::net::Ipv4Addr::LOCALHOST), 1);
+    assert!(n.accept(t(0), addr(9, 1)).is_ok());
+    for _ in 0..4 {
+        assert!(n.accept(t(1), lo).is_ok());
+    }
+    assert!(n.accept(t(2), addr(9, 2)).is_ok());
+    assert_eq!(n.accept(t(3), addr(9, 3)), Err(Refused::RateLimited));
+}
+
+#[test]
+fn bans_never_shrink_and_evictions_are_reported() {
+    let cfg = NodeConfig {
+        max_bans: NonZeroUsize::new(1).unwrap(),
+        ..NodeConfig::default()
+    };
+    let mut n = N::new(t(0), cfg);
+    let ip1 = addr(1, 0).ip();
+    n.ban(t(0), ip1);
+    let long = n.banned_until(ip1).unwrap();
+    let short = BanRecord {
+        ip: ip1,
+        until_unix_secs: 1_000 + 10,
+    };
+    assert_eq!(n.import_bans(t(0), 1_000, [short, short]), 2);
+    assert_eq!(n.banned_until(ip1), Some(long));
+    drain(&mut n);
+    n.ban(t(1), addr(2, 0).ip());
+    let out = drain(&mut n);
+    assert!(out.contains(&O::Unbanned(ip1)), "{out:?}");
+}
+
+#[test]
+fn a_ban_stops_reconnects_to_that_address() {
+    let mut n = N::new(t(0), NodeConfig::default());
+    let c = n.connect(t(0), addr(1, 1)).unwrap();
+    drain(&mut n);
+    n.handle_connect_failed(t(0), c).unwrap();
+    drain(&mut n);
+    n.ban(t(0), addr(1, 1).ip());
+    let out = drain(&mut n);
+    assert!(out.contains(&O::Removed(c, (0, 0))), "{out:?}");
+    n.handle_timeout(t(100));
+    assert!(!drain(&mut n).iter().any(|o| matches!(o, O::Connect(..))));
+}
+
+#[test]
+fn the_login_is_sent_once_per_connection_even_with_a_full_queue() {
+    let cookie = Cookie::new(b"cookie").unwrap();
+    let cfg = NodeConfig {
+        login_cookie: Some(cookie),
+        ..NodeConfig::default()
+    };
+    let mut n = N::new(t(0), cfg);
+    let c = n.connect(t(0), addr(1, 1)).unwrap();
+    for i in 0..20 {
+        n.send(t(0), c, msg(5, i, b""), Priority::High).unwrap();
+    }
+    drain(&mut n);
+    n.handle_connected(t(0), c).unwrap();
+    let first = n.poll_transmit(c).unwrap().to_vec();
+    assert_eq!(
+        &first[2..7],
+        &[0x08, 0x01, 0x10, 0x00, 0x04],
+        "the login first"
+    );
+    // The connection drops before anything is written: the next one logs in once.
+    n.handle_eof(t(1), c).unwrap();
+    drain(&mut n);
+    n.handle_timeout(t(1));
+    drain(&mut n);
+    n.handle_connected(t(1), c).unwrap();
+    let wire = n.poll_transmit(c).unwrap().to_vec();
+    let logins = wire
+        .windows(5)
+        .filter(|w| *w == [0x08, 0x01, 0x10, 0x00, 0x04])
+        .count();
+    assert_eq!(logins, 1);
+}
+
+#[test]
+fn connect_answers_without_a_connect_are_ignored() {
+    let mut n = N::new(t(0), NodeConfig::default());
+    let c = n.connect(t(0), addr(1, 1)).unwrap();
+    // Before the Connect output was taken: ignored.
+    n.handle_connect_failed(t(0), c).unwrap();
+    assert_eq!(drain(&mut n), vec![O::Connect(c, addr(1, 1))]);
+    n.handle_connect_failed(t(0), c).unwrap();
+    n.handle_connect_failed(t(0), c).unwrap();
+    let out = drain(&mut n);
+    assert_eq!(out.len(), 1, "{out:?}");
+}

@@ -1,0 +1,218 @@
+//! `serve`, `call` and `version`: the network commands, on the smol adapter.
+
+use crate::json;
+use flowee_proto::cmf::Reader;
+use flowee_proto::header::{HeaderInts, tags};
+use flowee_smol::{
+    Client, Header, Message, NodeConfig, NodeEvent, Priority, Request, Responder, Server,
+    describe_close,
+};
+use smol::future::FutureExt;
+use std::fmt;
+use std::time::Duration;
+
+/// A failure the CLI reports in one line.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn fail(msg: impl Into<String>) -> Failure {
+    Failure(msg.into())
+}
+
+/// What `flowee-cli` answers to a version request (service 0, message 0).
+pub fn version_string() -> String {
+    format!(
+        "flowee-rs:{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_NAME")
+    )
+}
+
+/// Sends every message back with the same header and body.
+pub fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
+    // A full queue is the client's problem (it sends faster than it reads); never block.
+    let _ = out.reply(req.message);
+}
+
+/// Answers a version request with a VersionReply (0/1) carrying the version as tag 1.
+pub fn version_service(req: &Request<'_>, out: &mut Responder<'_>) {
+    let mut body = flowee_proto::cmf::Writer::new(Vec::new());
+    body.add(1, version_string().as_str());
+    if let Ok(body) = body.finish() {
+        let header = flowee_smol::reply_header(&req.message.header);
+        let _ = out.reply(Message::new(header, &body));
+    }
+}
+
+/// `serve`: runs until `stop` resolves, logging one line per connection open and close.
+pub async fn serve(
+    listen: &str,
+    echo_all: bool,
+    config: NodeConfig,
+    stop: impl Future<Output = ()>,
+) -> Result<(), Failure> {
+    let server = Server::bind(listen, config)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
+    if echo_all {
+        server.handle_unclaimed(echo);
+    } else {
+        server
+            .handle(0, Some(0), version_service)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    eprintln!(
+        "flowee-cli: listening on {}{}",
+        server.local_addr(),
+        if echo_all { " (echo)" } else { "" }
+    );
+    let mut events = server.events();
+    let log = async {
+        while let Some(e) = events.next().await {
+            match e {
+                NodeEvent::Connected { id, peer } => eprintln!("flowee-cli: open {id} {peer}"),
+                NodeEvent::Closed { id, reason } => {
+                    eprintln!("flowee-cli: close {id}: {}", describe_close(&reason))
+                }
+                NodeEvent::Refused { peer, reason } => {
+                    eprintln!("flowee-cli: refused {peer}: {reason}")
+                }
+                NodeEvent::Banned { ip } => eprintln!("flowee-cli: banned {ip}"),
+                _ => {}
+            }
+        }
+    };
+    log.or(stop).await;
+    eprintln!("flowee-cli: shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// What `call` sends.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// Service id.
+    pub service: i32,
+    /// Message id.
+    pub message: i32,
+    /// RequestId (tag 11), to match the reply by.
+    pub request_id: Option<i32>,
+    /// Other header ints.
+    pub headers: Vec<(u32, i32)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Fail unless the reply's body equals the body sent.
+    pub verify_echo: bool,
+    /// How long to wait for the connection and the reply.
+    pub timeout: Duration,
+}
+
+/// `call`: sends one message and returns the reply as a JSON line.
+pub async fn call(addr: &str, call: &Call) -> Result<String, Failure> {
+    let mut ints = HeaderInts::new();
+    for &(tag, value) in &call.headers {
+        ints.set(tag, value)
+            .map_err(|e| fail(format!("--header {tag}={value}: {e}")))?;
+    }
+    if let Some(id) = call.request_id {
+        ints.set(tags::REQUEST_ID, id)
+            .map_err(|e| fail(format!("--request-id {id}: {e}")))?;
+    }
+    let header = Header {
+        service_id: call.service,
+        message_id: Some(call.message),
+        ints,
+    };
+    let connect = async {
+        Client::connect(addr, NodeConfig::default())
+            .await
+            .map_err(|e| fail(format!("cannot connect to {addr}: {e}")))
+    };
+    let client = connect.or(timeout(call.timeout, "connecting")).await?;
+    let mut incoming = client.incoming();
+    let mut events = client.events();
+    client
+        .send(Message::new(header, &call.body), Priority::Normal)
+        .map_err(|e| fail(format!("cannot send: {e}")))?;
+    let wanted = call.request_id;
+    let reply = async {
+        loop {
+            match incoming.next().await {
+                Some(m) if wanted.is_none() || m.header.request_id() == wanted => return Ok(m),
+                Some(_) => {}
+                None => return Err(fail("connection closed")),
+            }
+        }
+    };
+    let closed = async {
+        loop {
+            match events.next().await {
+                Some(NodeEvent::Closed { reason, .. }) => {
+                    return Err(fail(format!(
+                        "connection closed: {}",
+                        describe_close(&reason)
+                    )));
+                }
+                Some(_) => {}
+                None => return Err(fail("connection closed")),
+            }
+        }
+    };
+    let reply = reply
+        .or(closed)
+        .or(timeout(call.timeout, "waiting for the reply"))
+        .await;
+    client.close().await;
+    let reply = reply?;
+    if call.verify_echo && reply.body[..] != call.body[..] {
+        return Err(fail(format!(
+            "reply body differs from what was sent ({} bytes sent, {} received)",
+            call.body.len(),
+            reply.body.len()
+        )));
+    }
+    Ok(json::message_to_json(&reply.header, &reply.body).to_string())
+}
+
+async fn timeout<T>(d: Duration, what: &str) -> Result<T, Failure> {
+    smol::Timer::after(d).await;
+    Err(fail(format!("timed out after {}s {what}", d.as_secs_f64())))
+}
+
+/// `version`: asks a Hub (or any compatible server) for its version string.
+pub async fn version(addr: &str, wait: Duration) -> Result<String, Failure> {
+    let connect = async {
+        Client::connect(addr, NodeConfig::default())
+            .await
+            .map_err(|e| fail(format!("cannot connect to {addr}: {e}")))
+    };
+    let client = connect.or(timeout(wait, "connecting")).await?;
+    let reply = client
+        .request(Message::new(Header::new(0, 0), &[]), wait)
+        .await
+        .map_err(|e| fail(e.to_string()));
+    client.close().await;
+    let reply = reply?;
+    if (reply.header.service_id, reply.header.message_id) != (0, Some(1)) {
+        return Err(fail(format!(
+            "unexpected reply {}/{}: {}",
+            reply.header.service_id,
+            reply.header.message_id_or_minus_one(),
+            json::message_to_json(&reply.header, &reply.body)
+        )));
+    }
+    Reader::new(&reply.body)
+        .map_while(Result::ok)
+        .find(|t| t.tag == 1)
+        .and_then(|t| t.value.as_any_bytes())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .ok_or_else(|| fail("the reply has no version string (tag 1)"))
+}

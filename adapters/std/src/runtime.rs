@@ -1,0 +1,640 @@
+//! What [`Client`](crate::Client) and [`Server`](crate::Server) share: one [`Node`] behind a
+//! mutex, a reader and a writer thread per socket, a timer thread, connect threads, and the
+//! dispatch of the node's outputs.
+//!
+//! The mutex is never held across blocking I/O or a sleep: readers read into their own
+//! buffer, writers copy the node's bytes into theirs, and both lock only to hand bytes over.
+//! Every change to the node is followed, under the same lock, by [`Runtime::settle`], which
+//! drains the node's outputs and acts on them (wakes writers, shuts sockets down, starts
+//! connects), so an action can never reach a socket that replaced the one it was meant for.
+
+use crate::NodeEvent;
+use crate::feed::Feed;
+use flowee_proto::node::{ConnId, HandleId, NodeConfig, NodeError, Scope};
+use flowee_proto::{Instant, Node, OwnedMessage};
+use flowee_service::{Dispatch, Request, Responder, Service};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// Bytes a reader takes from its socket per read (its own buffer).
+const READ_BUF: usize = 64 * 1024;
+/// Bytes a writer copies from the node per write at most.
+const WRITE_BUF: usize = 256 * 1024;
+/// How long an outgoing TCP connect may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unread items a subscription or event stream holds before it counts drops.
+pub(crate) const STREAM_CAPACITY: usize = 4096;
+/// Rounds in a row in which the node took none of the held-back input before the reader
+/// stops yielding and waits a little between offers.
+const STALL_SPINS: u32 = 64;
+/// That little wait.
+const STALL_WAIT: Duration = Duration::from_millis(1);
+/// Rounds of draining and acting in one [`Runtime::settle`] at most.
+const SETTLE_ROUNDS: usize = 4;
+
+/// Locks a mutex, ignoring poisoning: a panic in a service must not take the adapter down.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A service that copies messages into a bounded channel (a subscription).
+struct ChannelSink {
+    tx: SyncSender<OwnedMessage>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Service for ChannelSink {
+    fn call(&self, request: &Request<'_>, _out: &mut Responder<'_>) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(request.to_owned()) {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One TCP stream of a connection, shared by its reader and writer threads. Its flags change
+/// only with the node locked, so the writer's wait on `wake` misses nothing.
+struct Socket {
+    stream: TcpStream,
+    /// Wakes the writer (used with the runtime's mutex).
+    wake: Condvar,
+    /// The node said it has bytes to write; cleared when `poll_transmit` runs dry.
+    pending: AtomicBool,
+    /// The socket was let go: the writer stops, the reader's read returns.
+    closed: AtomicBool,
+}
+
+impl Socket {
+    fn new(stream: TcpStream) -> Arc<Self> {
+        // Small frames must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        Arc::new(Socket {
+            stream,
+            wake: Condvar::new(),
+            // The writer looks once at the start, so a transmit said before it ran is not lost.
+            pending: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Shuts the stream down both ways (a blocked read returns, a blocked write fails) and
+    /// stops the writer.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.wake.notify_all();
+    }
+}
+
+/// Everything behind the runtime's mutex.
+pub(crate) struct Inner {
+    pub(crate) node: Node,
+    pub(crate) dispatch: Dispatch,
+    /// The socket each connection has now.
+    conns: BTreeMap<ConnId, Arc<Socket>>,
+    /// The deadline the timer thread sleeps until (`Instant::MAX`: none); `None` while it is
+    /// awake (it looks at the node again before sleeping).
+    timer_sleep: Option<Instant>,
+    /// Set by [`Runtime::shutdown`]: no new sockets, connects or threads.
+    stopping: bool,
+    /// A server takes incoming connections.
+    accepting: bool,
+    /// Why the last connect of a connection failed (for [`Client::connect`](crate::Client)).
+    connect_error: Option<(ConnId, io::Error)>,
+}
+
+/// What happened to an accepted socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// The node took it.
+    Accepted,
+    /// The node refused it (a ban, a limit); it is closed.
+    Refused,
+    /// The server no longer accepts; it is closed.
+    Stopped,
+}
+
+/// The shared machinery.
+pub(crate) struct Runtime {
+    inner: Mutex<Inner>,
+    /// Wakes the timer thread (used with `inner`).
+    timer: Condvar,
+    /// Writers made progress or sockets closed (used with `inner`, by the shutdown).
+    progress: Condvar,
+    /// The node's clock starts here.
+    epoch: std::time::Instant,
+    /// Threads to join at shutdown (only pushed to with `inner` locked and not stopping).
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The shutdown is over; also serialises shutdowns.
+    finished: Mutex<bool>,
+}
+
+impl Runtime {
+    /// A runtime with its timer thread running.
+    pub(crate) fn new(config: NodeConfig) -> io::Result<Arc<Self>> {
+        let rt = Arc::new(Runtime {
+            inner: Mutex::new(Inner {
+                node: Node::new(Instant::ZERO, config),
+                dispatch: Dispatch::default(),
+                conns: BTreeMap::new(),
+                timer_sleep: None,
+                stopping: false,
+                accepting: false,
+                connect_error: None,
+            }),
+            timer: Condvar::new(),
+            progress: Condvar::new(),
+            epoch: std::time::Instant::now(),
+            threads: Mutex::new(Vec::new()),
+            finished: Mutex::new(false),
+        });
+        let timer = rt.clone();
+        rt.spawn("flowee-timer", move || timer.run_timer())?;
+        Ok(rt)
+    }
+
+    /// The node's clock: milliseconds since the runtime started.
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// Runs `f` on the locked node with the current time, then drains the node's outputs and
+    /// acts on them before unlocking.
+    pub(crate) fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut Inner, Instant) -> R) -> R {
+        let mut inner = self.lock();
+        let now = self.now();
+        let result = f(&mut inner, now);
+        self.settle(&mut inner, now);
+        result
+    }
+
+    /// Starts a thread and keeps its handle for the shutdown to join.
+    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        let handle = thread::Builder::new().name(name.into()).spawn(f)?;
+        let mut threads = lock(&self.threads);
+        threads.retain(|h| !h.is_finished());
+        threads.push(handle);
+        Ok(())
+    }
+
+    /// Drains the node's outputs (calling services, waiters, listeners) and acts on them: shuts
+    /// closed sockets down, wakes writers, starts connects, and wakes the timer thread if the
+    /// node's next deadline moved before the one it sleeps on. Runs with the node locked; only
+    /// non-blocking calls.
+    fn settle(self: &Arc<Self>, inner: &mut Inner, now: Instant) {
+        for _ in 0..SETTLE_ROUNDS {
+            let actions = inner.dispatch.pump(&mut inner.node, now);
+            if !actions.disconnect.is_empty() {
+                for id in &actions.disconnect {
+                    if let Some(socket) = inner.conns.remove(id) {
+                        socket.close();
+                    }
+                }
+                // Less may be queued now (the shutdown waits on that).
+                self.progress.notify_all();
+            }
+            for id in &actions.wake {
+                if let Some(socket) = inner.conns.get(id) {
+                    socket.pending.store(true, Ordering::SeqCst);
+                    socket.wake.notify_one();
+                }
+            }
+            let mut failed = false;
+            for (id, addr) in actions.connect {
+                if inner.stopping {
+                    break;
+                }
+                let rt = self.clone();
+                if self
+                    .spawn("flowee-connect", move || rt.run_connect(id, addr))
+                    .is_err()
+                {
+                    // The node decides when to try again.
+                    let _ = inner.node.handle_connect_failed(now, id);
+                    failed = true;
+                }
+            }
+            if !failed {
+                break;
+            }
+        }
+        if let (Some(sleeping), Some(next)) = (inner.timer_sleep, inner.node.poll_timeout()) {
+            if next < sleeping {
+                self.timer.notify_one();
+            }
+        }
+    }
+
+    /// A stream of the node's events; events that find it full are counted as lost. Ended at
+    /// once if the runtime has stopped.
+    pub(crate) fn events(&self) -> Feed<NodeEvent> {
+        let (tx, rx) = mpsc::sync_channel(STREAM_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let counter = lost.clone();
+        let mut inner = self.lock();
+        if !inner.stopping {
+            inner
+                .dispatch
+                .listen(Box::new(move |e| match tx.try_send(e.clone()) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    Err(TrySendError::Disconnected(_)) => false,
+                }));
+        }
+        Feed::new(rx, lost)
+    }
+
+    /// Opens a node-wide handle subscribed to `service` (and `message`, if given).
+    fn open_handle(
+        inner: &mut Inner,
+        service: i32,
+        message: Option<i32>,
+    ) -> Result<HandleId, NodeError> {
+        let handle = inner.node.open_handle(Scope::Node)?;
+        if let Err(e) = inner.node.subscribe(handle, service, message) {
+            let _ = inner.node.close_handle(handle);
+            return Err(e);
+        }
+        Ok(handle)
+    }
+
+    /// Routes `service` (and `message`, if given) to `handler`.
+    pub(crate) fn handle(
+        &self,
+        service: i32,
+        message: Option<i32>,
+        handler: Arc<dyn Service>,
+    ) -> Result<HandleId, NodeError> {
+        let mut inner = self.lock();
+        let handle = Self::open_handle(&mut inner, service, message)?;
+        inner.dispatch.set_sink(handle, Some(handler));
+        Ok(handle)
+    }
+
+    /// Stops routing to a handle.
+    pub(crate) fn unhandle(&self, handle: HandleId) -> Result<(), NodeError> {
+        let mut inner = self.lock();
+        inner.dispatch.set_sink(handle, None);
+        inner.node.close_handle(handle)
+    }
+
+    /// A bounded stream of the messages of `service`, and its handle (to unsubscribe). Ended
+    /// at once if the runtime has stopped.
+    pub(crate) fn subscribe(
+        &self,
+        service: i32,
+    ) -> Result<(HandleId, Feed<OwnedMessage>), NodeError> {
+        let (tx, rx) = mpsc::sync_channel(STREAM_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut inner = self.lock();
+        let handle = Self::open_handle(&mut inner, service, None)?;
+        if !inner.stopping {
+            let sink = ChannelSink {
+                tx,
+                lost: lost.clone(),
+            };
+            inner.dispatch.set_sink(handle, Some(Arc::new(sink)));
+        }
+        Ok((handle, Feed::new(rx, lost)))
+    }
+
+    /// A bounded stream of every message no handle claims (it replaces any earlier one).
+    /// Ended at once if the runtime has stopped.
+    pub(crate) fn incoming(&self) -> Feed<OwnedMessage> {
+        let (tx, rx) = mpsc::sync_channel(STREAM_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut inner = self.lock();
+        if !inner.stopping {
+            let sink = ChannelSink {
+                tx,
+                lost: lost.clone(),
+            };
+            inner.dispatch.set_unclaimed(Some(Arc::new(sink)));
+        }
+        Feed::new(rx, lost)
+    }
+
+    /// Stops handing unclaimed messages to a stream.
+    pub(crate) fn drop_incoming(&self) {
+        self.lock().dispatch.set_unclaimed(None);
+    }
+
+    /// Why the last connect of `id` failed, if it did.
+    pub(crate) fn take_connect_error(&self, id: ConnId) -> Option<io::Error> {
+        let mut inner = self.lock();
+        match inner.connect_error.take() {
+            Some((c, e)) if c == id => Some(e),
+            other => {
+                inner.connect_error = other;
+                None
+            }
+        }
+    }
+
+    /// Lets a server take incoming connections (or stops it).
+    pub(crate) fn set_accepting(&self, accepting: bool) {
+        self.lock().accepting = accepting;
+    }
+
+    /// Whether a server still takes incoming connections.
+    pub(crate) fn accepting(&self) -> bool {
+        let inner = self.lock();
+        inner.accepting && !inner.stopping
+    }
+
+    /// Hands an accepted socket to the node. Refused sockets are closed at once.
+    pub(crate) fn add_incoming(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Admission {
+        let socket = Socket::new(stream);
+        let rt = self.clone();
+        self.with(|inner, now| {
+            if inner.stopping || !inner.accepting {
+                return Admission::Stopped;
+            }
+            match inner.node.accept(now, peer) {
+                Ok(id) => {
+                    inner.dispatch.add_peer(id, peer);
+                    inner.dispatch.emit(&NodeEvent::Connected { id, peer });
+                    rt.start_socket(inner, now, id, socket.clone());
+                    Admission::Accepted
+                }
+                Err(reason) => {
+                    inner.dispatch.emit(&NodeEvent::Refused { peer, reason });
+                    socket.close();
+                    Admission::Refused
+                }
+            }
+        })
+    }
+
+    /// Connect thread: opens the TCP connection for `id`, then tells the node how it went.
+    fn run_connect(self: Arc<Self>, id: ConnId, addr: SocketAddr) {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                let socket = Socket::new(stream);
+                let rt = self.clone();
+                self.with(|inner, now| {
+                    if inner.stopping || inner.node.handle_connected(now, id).is_err() {
+                        // Closed meanwhile: the socket goes with this thread.
+                        return;
+                    }
+                    inner.dispatch.add_peer(id, addr);
+                    rt.start_socket(inner, now, id, socket.clone());
+                });
+            }
+            Err(e) => self.with(|inner, now| {
+                inner.connect_error = Some((id, e));
+                let _ = inner.node.handle_connect_failed(now, id);
+            }),
+        }
+    }
+
+    /// Makes `socket` the one of `id` and starts its reader and writer threads (with the node
+    /// locked, so the shutdown cannot miss them).
+    fn start_socket(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        now: Instant,
+        id: ConnId,
+        socket: Arc<Socket>,
+    ) {
+        if let Some(old) = inner.conns.insert(id, socket.clone()) {
+            old.close();
+        }
+        let (reader, writer) = (self.clone(), self.clone());
+        let (rs, ws) = (socket.clone(), socket.clone());
+        let started = self
+            .spawn("flowee-read", move || reader.run_reader(id, rs))
+            .and_then(|()| self.spawn("flowee-write", move || writer.run_writer(id, ws)));
+        if started.is_err() {
+            inner.conns.remove(&id);
+            socket.close();
+            let _ = inner.node.handle_eof(now, id);
+        }
+    }
+
+    /// Reader thread: blocking reads into its own buffer, without the lock; each read goes to
+    /// the node. At EOF or an error the node hears of it, unless the socket was let go.
+    fn run_reader(self: Arc<Self>, id: ConnId, socket: Arc<Socket>) {
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            let n = match (&socket.stream).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            if !self.input(id, &socket, &buf[..n]) {
+                return;
+            }
+        }
+        self.with(|inner, now| {
+            if is_current(inner, id, &socket) {
+                inner.conns.remove(&id);
+                socket.close();
+                let _ = inner.node.handle_eof(now, id);
+            }
+        });
+    }
+
+    /// Gives `data` to the node; what it does not take (backpressure) is offered again after
+    /// its outputs were dispatched. False once the socket is no longer this connection's.
+    fn input(self: &Arc<Self>, id: ConnId, socket: &Arc<Socket>, mut data: &[u8]) -> bool {
+        let mut stalls = 0;
+        while !data.is_empty() {
+            let taken = self.with(|inner, now| {
+                if !is_current(inner, id, socket) {
+                    return None;
+                }
+                Some(inner.node.handle_input(now, id, data).unwrap_or(data.len()))
+            });
+            let Some(taken) = taken else {
+                return false;
+            };
+            data = data.get(taken..).unwrap_or_default();
+            if taken > 0 {
+                stalls = 0;
+            } else if stalls < STALL_SPINS {
+                stalls += 1;
+                thread::yield_now();
+            } else {
+                thread::sleep(STALL_WAIT);
+            }
+        }
+        true
+    }
+
+    /// Writer thread: waits until the node has bytes for `id`, copies up to 256 KiB of them
+    /// (many frames) into its own buffer, writes without the lock, and tells the node how many
+    /// went out (partial writes are normal).
+    fn run_writer(self: Arc<Self>, id: ConnId, socket: Arc<Socket>) {
+        let mut buf = Vec::with_capacity(WRITE_BUF);
+        loop {
+            {
+                let mut inner = self.lock();
+                loop {
+                    if socket.closed.load(Ordering::SeqCst) || !is_current(&inner, id, &socket) {
+                        return;
+                    }
+                    if socket.pending.load(Ordering::SeqCst) {
+                        match inner.node.poll_transmit(id) {
+                            Some(data) => {
+                                buf.clear();
+                                buf.extend_from_slice(&data[..data.len().min(WRITE_BUF)]);
+                                break;
+                            }
+                            // Dry: the node says Transmit again when there is more.
+                            None => socket.pending.store(false, Ordering::SeqCst),
+                        }
+                    }
+                    inner = socket
+                        .wake
+                        .wait(inner)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            let written = loop {
+                if buf.is_empty() {
+                    break Some(0);
+                }
+                match (&socket.stream).write(&buf) {
+                    Ok(0) => break None,
+                    Ok(n) => break Some(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break None,
+                }
+            };
+            let Some(n) = written else {
+                // The reader sees the shutdown and tells the node.
+                socket.close();
+                return;
+            };
+            self.with(|inner, _| {
+                if is_current(inner, id, &socket) {
+                    inner.node.consume_transmit(id, n);
+                }
+            });
+            self.progress.notify_all();
+        }
+    }
+
+    /// Timer thread: sleeps until the node's deadline (or a wake-up), then handles the
+    /// timeout if the clock says it is due.
+    fn run_timer(self: Arc<Self>) {
+        let mut inner = self.lock();
+        loop {
+            if inner.stopping {
+                return;
+            }
+            let now = self.now();
+            match inner.node.poll_timeout() {
+                // Trust the clock, not the wait: only what is due now is handled.
+                Some(at) if at <= now => {
+                    inner.node.handle_timeout(now);
+                    self.settle(&mut inner, now);
+                }
+                next => {
+                    inner.timer_sleep = Some(next.unwrap_or(Instant::MAX));
+                    inner = match next {
+                        Some(at) => {
+                            let wait = Duration::from_millis(at.as_millis() - now.as_millis());
+                            self.timer
+                                .wait_timeout(inner, wait)
+                                .map(|(guard, _)| guard)
+                                .unwrap_or_else(|e| e.into_inner().0)
+                        }
+                        None => self
+                            .timer
+                            .wait(inner)
+                            .unwrap_or_else(PoisonError::into_inner),
+                    };
+                    inner.timer_sleep = None;
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued (waiting at most `grace`), closes every connection, ends every
+    /// stream and waiter, and joins the threads. Later calls return at once.
+    pub(crate) fn shutdown(self: &Arc<Self>, grace: Duration) {
+        let mut finished = lock(&self.finished);
+        if *finished {
+            return;
+        }
+        let end = std::time::Instant::now() + grace;
+        let mut inner = self.lock();
+        while queued(&inner) > 0 {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            inner = self
+                .progress
+                .wait_timeout(inner, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let now = self.now();
+        inner.stopping = true;
+        inner.accepting = false;
+        let ids: Vec<ConnId> = inner.node.connections().collect();
+        for id in ids {
+            let _ = inner.node.close(now, id);
+        }
+        self.settle(&mut inner, now);
+        for socket in std::mem::take(&mut inner.conns).into_values() {
+            socket.close();
+        }
+        // Dropping the dispatch ends every subscription and event stream and fails every
+        // waiting request; it is dropped last, unlocked, in case a service held a client.
+        let dispatch = std::mem::take(&mut inner.dispatch);
+        drop(inner);
+        self.timer.notify_all();
+        self.join_threads();
+        *finished = true;
+        drop(finished);
+        drop(dispatch);
+    }
+
+    /// Joins every thread the runtime started (but not the calling one).
+    fn join_threads(&self) {
+        let me = thread::current().id();
+        loop {
+            let handles = std::mem::take(&mut *lock(&self.threads));
+            if handles.is_empty() {
+                return;
+            }
+            for handle in handles {
+                if handle.thread().id() != me {
+                    let _ = handle.join();
+                }
+            }
+        }
+    }
+}
+
+/// Whether `socket` is still the one of `id`.
+fn is_current(inner: &Inner, id: ConnId, socket: &Arc<Socket>) -> bool {
+    inner.conns.get(&id).is_some_and(|s| Arc::ptr_eq(s, socket))
+}
+
+/// Bytes queued on the connections that are up or connecting.
+fn queued(inner: &Inner) -> usize {
+    inner
+        .node
+        .connections()
+        .filter_map(|id| inner.node.connection(id))
+        .map(|c| c.stats().queued_bytes)
+        .sum()
+}

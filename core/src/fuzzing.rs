@@ -1,0 +1,504 @@
+//! The bodies of the fuzz targets in `fuzz/` (cargo-fuzz, nightly), kept here so that
+//! `cargo test` can replay the checked-in corpus on stable.
+//!
+//! Each function takes the fuzzer's bytes, exercises one part of the crate, and panics only
+//! when an invariant breaks: a panic inside the crate, a deadline at or before `now` after
+//! `handle_timeout(now)`, a drain loop that does not end, a buffer or table over its bound, or
+//! an encode/decode round trip that does not give back what went in.
+
+use crate::cmf::{Reader, Token, Writer};
+use crate::connection::{Config, Connection, Event, Message, Priority, SequenceDelivery};
+use crate::frame::{self, FrameDecoder, FrameEncoder, MAX_FRAME_LEN};
+use crate::header::{FrameKind, Header};
+use crate::node::{ConnId, Node, NodeConfig, Output};
+use crate::sequence::Reassembler;
+use crate::storage::{Fixed, Heap, Storage};
+use crate::time::Instant;
+use alloc::vec::Vec;
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::num::{NonZeroU32, NonZeroUsize};
+use core::time::Duration;
+
+/// Most events or transmit slices a drain may take before it counts as endless.
+const DRAIN_LIMIT: usize = 100_000;
+
+/// Reads fuzz input as a script of small choices.
+struct Script<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Script<'a> {
+    fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.data.len());
+        let (head, rest) = self.data.split_at(n);
+        self.data = rest;
+        head
+    }
+
+    fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// Tokens: reading never panics, and writing what was read gives back the bytes it came
+/// from (the encoding is canonical) unless a small tag used the long form.
+pub fn cmf(data: &[u8]) {
+    let mut reader = Reader::new(data);
+    let mut writer = Writer::new(Vec::new());
+    let mut canonical = true;
+    let mut pos = 0;
+    while let Some(Ok(token)) = reader.next() {
+        canonical &= !(token.tag <= 30 && data[pos] >> 3 == 31);
+        let v = token.value;
+        let _ = (
+            v.is_int(),
+            v.int_data(),
+            v.long_data(),
+            v.header_int(),
+            v.as_i64(),
+            v.as_str(),
+        );
+        writer.add(token.tag, token.value);
+        pos = reader.position();
+    }
+    let again = writer.finish().unwrap_or_default();
+    assert!(
+        !canonical || again == data[..reader.position()],
+        "re-encoding differs"
+    );
+}
+
+/// What a receiver makes of a stream, for comparing chunkings.
+#[derive(PartialEq, Debug)]
+enum Seen {
+    Frame(Vec<u8>),
+    Error(frame::FrameError),
+}
+
+fn decode_chunks<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> Vec<Seen> {
+    let mut decoder = FrameDecoder::new();
+    let mut seen = Vec::new();
+    for chunk in chunks {
+        let mut input = chunk;
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(f)) => seen.push(Seen::Frame(f.bytes.to_vec())),
+                Ok(None) => break,
+                Err(e) => {
+                    seen.push(Seen::Error(e));
+                    return seen;
+                }
+            }
+            assert!(decoder.buffered() <= MAX_FRAME_LEN);
+        }
+    }
+    seen
+}
+
+/// Frame streams: one chunk, byte by byte and random splits give the same frames or the same
+/// error; every frame decoded re-encodes (as a message) to frames that decode the same.
+pub fn frames(data: &[u8]) {
+    let mut s = Script { data };
+    let step = usize::from(s.byte() % 64) + 1;
+    let stream = s.data;
+    let whole = decode_chunks(core::iter::once(stream));
+    assert_eq!(
+        whole,
+        decode_chunks(stream.chunks(1)),
+        "byte by byte differs"
+    );
+    assert_eq!(
+        whole,
+        decode_chunks(stream.chunks(step)),
+        "chunks of {step} differ"
+    );
+    for seen in &whole {
+        let Seen::Frame(bytes) = seen else { continue };
+        let Ok(f) = frame::parse(bytes) else {
+            panic!("a decoded frame does not parse again");
+        };
+        if f.header.kind() != FrameKind::Message {
+            continue;
+        }
+        let header = f.message_header();
+        let mut out = Vec::new();
+        if FrameEncoder::new()
+            .encode(&header, f.body, &mut out)
+            .is_ok()
+        {
+            let mut input = &out[..];
+            let mut d = FrameDecoder::new();
+            let again = d
+                .decode(&mut input)
+                .ok()
+                .flatten()
+                .map(|g| (g.message_header(), g.body));
+            assert_eq!(
+                again,
+                Some((header, f.body)),
+                "decode(encode(frame)) differs"
+            );
+        }
+    }
+}
+
+/// Sequences: a body split by the encoder comes back whole through the reassembler, in any
+/// chunking, with fuzz-chosen frames in between; arbitrary sequence frames never make it
+/// hold more than its limit.
+pub fn sequences(data: &[u8]) {
+    let mut s = Script { data };
+    let chunk = usize::from(s.u16() % 8000) + 1;
+    let len = usize::from(s.u16());
+    let body: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31)).collect();
+    let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
+    let mut wire = Vec::new();
+    FrameEncoder::with_chunk_size(chunk)
+        .encode(&header, &body, &mut wire)
+        .expect("valid header");
+    let mut r = Reassembler::new(1 << 20);
+    let mut got = None;
+    for seen in decode_chunks(core::iter::once(&wire[..])) {
+        let Seen::Frame(bytes) = seen else {
+            panic!("our own frames fail to decode")
+        };
+        let f = frame::parse(&bytes).expect("valid frame");
+        match f.header.kind() {
+            FrameKind::Message => got = Some((f.message_header(), f.body.to_vec())),
+            _ => {
+                if let Some(m) = r.push(&f).expect("a valid sequence") {
+                    got = Some((m.header, m.body.to_vec()));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        got,
+        Some((header, body)),
+        "the body did not come back whole"
+    );
+
+    // Fuzz-made frames: the reassembler refuses or takes them, within its limit.
+    let mut r = Reassembler::new(4096);
+    for seen in decode_chunks(core::iter::once(s.data)) {
+        let Seen::Frame(bytes) = seen else { break };
+        let Ok(f) = frame::parse(&bytes) else { break };
+        match r.push(&f) {
+            Ok(Some(m)) => assert!(m.body.len() <= 4096),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+fn small_config(s: &mut Script<'_>) -> Config {
+    let mut c = Config {
+        ping_interval: Duration::from_millis(u64::from(s.byte()) * 100 + 1),
+        pong_timeout: Some(Duration::from_millis(u64::from(s.byte()) * 100 + 1)),
+        first_ping_timeout: Duration::from_millis(u64::from(s.u16()) + 1),
+        ping_timeout: Duration::from_millis(u64::from(s.u16()) + 1),
+        max_pings_per_minute: NonZeroU32::new(u32::from(s.byte() % 20) + 1)
+            .unwrap_or(NonZeroU32::MIN),
+        normal_queue_len: NonZeroUsize::new(usize::from(s.byte() % 16) + 1)
+            .unwrap_or(NonZeroUsize::MIN),
+        high_queue_len: NonZeroUsize::new(usize::from(s.byte() % 4) + 1)
+            .unwrap_or(NonZeroUsize::MIN),
+        normal_queue_bytes: NonZeroUsize::new(64 * 1024).unwrap_or(NonZeroUsize::MIN),
+        high_queue_bytes: NonZeroUsize::new(16 * 1024).unwrap_or(NonZeroUsize::MIN),
+        receive_buffer: NonZeroUsize::new(9000 + usize::from(s.u16())).unwrap_or(NonZeroUsize::MIN),
+        max_sequence_size: NonZeroU32::new(u32::from(s.u16()) * 8 + 1).unwrap_or(NonZeroU32::MIN),
+        chunk_size: NonZeroUsize::new(usize::from(s.u16() % 8000) + 1).unwrap_or(NonZeroUsize::MIN),
+        ..Config::default()
+    };
+    if s.byte() & 1 == 1 {
+        c.sequence_delivery = SequenceDelivery::Chunks;
+    }
+    if s.byte() & 1 == 1 {
+        c.introduction_timeout = Some(Duration::from_millis(u64::from(s.u16())));
+    }
+    c
+}
+
+/// Bytes a connection may hold on the heap with `config`.
+fn heap_bound(config: &Config) -> usize {
+    config.receive_buffer.get().max(MAX_FRAME_LEN) * 2
+        + config.max_sequence_size.get() as usize * 2
+        + config.normal_queue_bytes.get()
+        + config.high_queue_bytes.get()
+}
+
+/// One connection driven by a script: input chunks (fuzz bytes, or valid frames), time steps,
+/// sends, closes, punishments, EOF, partial writes and polls, in both roles and both kinds of
+/// storage.
+pub fn connection(data: &[u8]) {
+    let mut s = Script { data };
+    let role = s.byte();
+    let config = small_config(&mut s);
+    if role & 2 == 0 {
+        run_connection::<Heap>(&mut s, role & 1 == 0, config);
+    } else {
+        run_connection::<Fixed>(&mut s, role & 1 == 0, config);
+    }
+}
+
+fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Config) {
+    let mut now = Instant::ZERO;
+    let mut c: Connection<S> = if connecting {
+        Connection::connecting(now, config)
+    } else {
+        Connection::accepted(now, config)
+    };
+    let mut closed_events = 0;
+    while !s.is_empty() {
+        match s.byte() % 12 {
+            0 => c.handle_connected(now),
+            1 | 2 => {
+                let n = usize::from(s.u16() % 2048);
+                let mut input = s.bytes(n);
+                for _ in 0..64 {
+                    let taken = c.handle_input(now, input);
+                    input = &input[taken..];
+                    if input.is_empty() {
+                        break;
+                    }
+                    closed_events += drain_events(&mut c);
+                }
+            }
+            3 => {
+                // A valid frame of fuzz-chosen size, as a good peer would send.
+                let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
+                let n = usize::from(s.u16() % 9000);
+                let body = s.bytes(n);
+                let mut wire = Vec::new();
+                let _ = FrameEncoder::new().encode(&header, body, &mut wire);
+                let _ = c.handle_input(now, &wire);
+            }
+            4 => {
+                now = now + Duration::from_millis(u64::from(s.u16()) * u64::from(s.byte() % 8 + 1));
+                c.handle_timeout(now);
+                assert!(
+                    c.poll_timeout().is_none_or(|at| at > now),
+                    "stale deadline after handle_timeout"
+                );
+            }
+            5 => {
+                let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
+                let n = usize::from(s.u16()) * 4;
+                let body = s.bytes(n);
+                let priority = if s.byte() & 1 == 0 {
+                    Priority::High
+                } else {
+                    Priority::Normal
+                };
+                let _ = c.send(now, Message::new(header, body), priority);
+            }
+            6 => {
+                // A partial write of what is offered.
+                let cut = usize::from(s.u16());
+                if let Some(data) = c.poll_transmit() {
+                    let n = cut.min(data.len());
+                    c.consume_transmit(n);
+                }
+            }
+            7 => drain_transmit(&mut c),
+            8 => closed_events += drain_events(&mut c),
+            9 => c.punish(u32::from(s.u16())),
+            10 => c.handle_eof(now),
+            _ => {
+                if s.byte() == 0 {
+                    c.close(now);
+                }
+                // Time may also go backwards; it must be harmless.
+                c.handle_timeout(now.saturating_sub(Duration::from_millis(u64::from(s.byte()))));
+            }
+        }
+        assert!(
+            c.heap_usage().total() <= heap_bound(c.config()),
+            "over the memory bound"
+        );
+        assert!(closed_events <= 1, "more than one Closed");
+    }
+    closed_events += drain_events(&mut c);
+    drain_transmit(&mut c);
+    assert!(closed_events <= 1);
+}
+
+fn drain_events<S: Storage>(c: &mut Connection<S>) -> usize {
+    let mut closed = 0;
+    for _ in 0..DRAIN_LIMIT {
+        match c.poll_event() {
+            Some(Event::Closed { .. }) => closed += 1,
+            Some(_) => {}
+            None => return closed,
+        }
+    }
+    panic!("poll_event does not run dry");
+}
+
+fn drain_transmit<S: Storage>(c: &mut Connection<S>) {
+    for _ in 0..DRAIN_LIMIT {
+        let Some(data) = c.poll_transmit() else {
+            return;
+        };
+        let n = data.len();
+        assert!(n > 0, "an empty transmit slice");
+        c.consume_transmit(n);
+    }
+    panic!("poll_transmit does not run dry");
+}
+
+/// A node driven by a script: accepts from a handful of addresses, connects, garbage and
+/// valid input, punishments, closes, bans, time jumps. Its tables stay within their bounds,
+/// its deadlines are never stale, stale ids are refused, and its outputs run dry.
+pub fn node(data: &[u8]) {
+    let mut s = Script { data };
+    let config = NodeConfig {
+        max_connections: NonZeroUsize::new(usize::from(s.byte() % 8) + 1)
+            .unwrap_or(NonZeroUsize::MIN),
+        max_bans: NonZeroUsize::new(usize::from(s.byte() % 4) + 1).unwrap_or(NonZeroUsize::MIN),
+        max_scores: NonZeroUsize::new(usize::from(s.byte() % 4) + 1).unwrap_or(NonZeroUsize::MIN),
+        rate_limit: s.byte() & 1 == 1,
+        rate_log_len: NonZeroUsize::new(usize::from(s.byte() % 8) + 1).unwrap_or(NonZeroUsize::MIN),
+        max_pending_requests: NonZeroUsize::new(usize::from(s.byte() % 8) + 1)
+            .unwrap_or(NonZeroUsize::MIN),
+        ..NodeConfig::default()
+    };
+    let mut node: Node<Heap> = Node::new(Instant::ZERO, config.clone());
+    let mut now = Instant::ZERO;
+    let mut ids: Vec<ConnId> = Vec::new();
+    while !s.is_empty() {
+        let pick = usize::from(s.byte());
+        let id = ids.get(pick % ids.len().max(1)).copied();
+        match s.byte() % 12 {
+            0 => {
+                let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, s.byte() % 6));
+                if let Ok(id) = node.accept(now, SocketAddr::new(ip, s.u16())) {
+                    ids.push(id);
+                }
+            }
+            1 => {
+                let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, s.byte() % 3));
+                if let Ok(id) = node.connect(now, SocketAddr::new(ip, 1235)) {
+                    ids.push(id);
+                }
+            }
+            2 | 3 => {
+                if let Some(id) = id {
+                    let n = usize::from(s.u16() % 1024);
+                    let _ = node.handle_input(now, id, s.bytes(n));
+                }
+            }
+            4 => {
+                if let Some(id) = id {
+                    let _ = node.handle_connected(now, id);
+                }
+            }
+            5 => {
+                if let Some(id) = id {
+                    let _ = node.handle_connect_failed(now, id);
+                }
+            }
+            6 => {
+                if let Some(id) = id {
+                    let _ = node.punish(now, id, u32::from(s.u16()));
+                }
+            }
+            7 => {
+                if let Some(id) = id {
+                    let _ = node.close(now, id);
+                }
+            }
+            8 => {
+                if let Some(id) = id {
+                    let _ = node.handle_eof(now, id);
+                }
+            }
+            9 => {
+                if let Some(id) = id {
+                    let n = usize::from(s.byte());
+                    let timeout = Duration::from_millis(u64::from(s.u16()));
+                    let body = s.bytes(n);
+                    let _ = node.request(now, id, Message::new(Header::new(1, 1), body), timeout);
+                }
+            }
+            10 => node.ban(now, IpAddr::V4(Ipv4Addr::new(10, 0, 0, s.byte() % 6))),
+            _ => {
+                now = now
+                    + Duration::from_millis(u64::from(s.u16()) * u64::from(s.byte() % 16 + 1) * 16);
+                node.handle_timeout(now);
+                assert!(
+                    node.poll_timeout().is_none_or(|at| at > now),
+                    "stale node deadline"
+                );
+            }
+        }
+        drain_node(&mut node, &mut ids);
+        let u = node.usage();
+        assert!(u.connections <= config.max_connections.get());
+        assert!(u.bans <= config.max_bans.get());
+        assert!(u.scores <= config.max_scores.get());
+        assert!(u.rate_log <= config.rate_log_len.get());
+        assert!(u.requests <= config.max_pending_requests.get());
+        assert!(
+            u.timers <= 4 * (u.slots + u.requests) + 64 + 1,
+            "timer heap grows: {u:?}"
+        );
+    }
+}
+
+fn drain_node(node: &mut Node<Heap>, ids: &mut Vec<ConnId>) {
+    let mut removed = Vec::new();
+    for _ in 0..DRAIN_LIMIT {
+        let Some(out) = node.poll_output() else {
+            for id in removed {
+                assert!(node.connection(id).is_none(), "a removed id still works");
+                ids.retain(|i| *i != id);
+            }
+            return;
+        };
+        match out {
+            Output::Transmit { id } => {
+                while let Some(d) = node.poll_transmit(id) {
+                    let n = d.len();
+                    node.consume_transmit(id, n);
+                }
+            }
+            Output::Removed { id, .. } => removed.push(id),
+            _ => {}
+        }
+    }
+    panic!("poll_output does not run dry");
+}
+
+/// Values of every kind survive an encode and decode (a helper for the JSON target).
+pub fn tokens_roundtrip(tokens: &[Token<'_>]) -> bool {
+    let mut w = Writer::new(Vec::new());
+    for t in tokens {
+        w.add(t.tag, t.value);
+    }
+    let Ok(doc) = w.finish() else { return false };
+    let back: Vec<Token<'_>> = Reader::new(&doc).map_while(Result::ok).collect();
+    back.len() == tokens.len()
+        && back.iter().zip(tokens).all(|(a, b)| {
+            a.tag == b.tag
+                && match (a.value, b.value) {
+                    (crate::cmf::Value::Double(x), crate::cmf::Value::Double(y)) => {
+                        x.to_bits() == y.to_bits()
+                    }
+                    (x, y) => x == y,
+                }
+        })
+}
