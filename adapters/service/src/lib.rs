@@ -259,6 +259,19 @@ impl Dispatch {
         self.peers.get(&id).copied()
     }
 
+    /// Lets go of every sink, waiter and listener, so the streams fed by them end (the node
+    /// is shutting down). Waiters hear [`RequestError::Closed`].
+    pub fn close_all(&mut self) {
+        for sink in &mut self.sinks {
+            *sink = None;
+        }
+        self.unclaimed = None;
+        for (_, waiter) in core::mem::take(&mut self.waiters) {
+            waiter(Err(RequestError::Closed));
+        }
+        self.listeners.clear();
+    }
+
     /// Tells every listener about an event the adapter saw itself (an accept, a refusal).
     pub fn emit(&mut self, event: &NodeEvent) {
         self.listeners.retain_mut(|l| l(event));

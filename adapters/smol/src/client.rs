@@ -28,6 +28,17 @@ use std::time::Duration;
 pub struct Client {
     rt: Arc<Runtime>,
     id: ConnId,
+    _owner: Arc<Owner>,
+}
+
+/// Shared by the clones of a client: when the last one goes, the connection closes.
+struct Owner(Arc<Runtime>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let rt = self.0.clone();
+        smol::spawn(async move { rt.shutdown(Duration::ZERO).await }).detach();
+    }
 }
 
 /// Why a request got no reply.
@@ -98,7 +109,11 @@ impl Client {
                 Err(_) => return Err(io::Error::other("client stopped")),
             }
         }
-        Ok(Client { rt, id })
+        Ok(Client {
+            _owner: Arc::new(Owner(rt.clone())),
+            rt,
+            id,
+        })
     }
 
     /// The connection's id.

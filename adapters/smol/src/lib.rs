@@ -34,7 +34,7 @@ mod client;
 mod runtime;
 mod server;
 
-pub use client::{Client, Subscription};
+pub use client::{Client, RequestFailure, Subscription};
 pub use flowee_proto::node::{ConnId, NodeConfig, Refused, RequestError};
 pub use flowee_proto::{
     CloseReason, Config, Header, Message, Misbehaviour, OwnedMessage, Priority, SendError,

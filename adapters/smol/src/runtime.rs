@@ -431,6 +431,8 @@ impl Runtime {
             }
         }
         self.pump();
+        // Streams and waiters end; nothing will feed them any more.
+        self.lock().dispatch.close_all();
         // Wait for the connection tasks and the timer task to end.
         while self.tasks.load(Ordering::SeqCst) > 0 {
             let listener = self.tasks_done.listen();

@@ -183,7 +183,11 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops accepting and closes every connection (without waiting for queues to empty;
+    /// call [`Server::shutdown`] for that).
     fn drop(&mut self) {
         self.stop.notify(usize::MAX);
+        let rt = self.rt.clone();
+        smol::spawn(async move { rt.shutdown(Duration::ZERO).await }).detach();
     }
 }
