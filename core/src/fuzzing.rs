@@ -7,10 +7,12 @@
 //! an encode/decode round trip that does not give back what went in.
 
 use crate::cmf::{Reader, Token, Writer};
-use crate::connection::{Config, Connection, Event, Message, Priority, SequenceDelivery};
+use crate::connection::{
+    Config, Connection, EncodedMessage, Event, Message, Priority, SequenceDelivery,
+};
 use crate::frame::{self, FrameDecoder, FrameEncoder, MAX_FRAME_LEN};
 use crate::header::{FrameKind, Header};
-use crate::node::{ConnId, Node, NodeConfig, Output};
+use crate::node::{BanRecord, ConnId, HandleId, Node, NodeConfig, Output, Scope};
 use crate::sequence::Reassembler;
 use crate::storage::{Fixed, Heap, Storage};
 use crate::time::Instant;
@@ -140,20 +142,37 @@ pub fn frames(data: &[u8]) {
             .encode(&header, f.body, &mut out)
             .is_ok()
         {
-            let mut input = &out[..];
-            let mut d = FrameDecoder::new();
-            let again = d
-                .decode(&mut input)
-                .ok()
-                .flatten()
-                .map(|g| (g.message_header(), g.body));
             assert_eq!(
-                again,
-                Some((header, f.body)),
+                decode_message(&out),
+                Some((header, f.body.to_vec())),
                 "decode(encode(frame)) differs"
             );
         }
     }
+}
+
+/// The one message in `wire` (a frame or a sequence), if that is what it holds.
+fn decode_message(wire: &[u8]) -> Option<(Header, Vec<u8>)> {
+    let mut r = Reassembler::new(u32::MAX);
+    let mut got = None;
+    for seen in decode_chunks(core::iter::once(wire)) {
+        let Seen::Frame(bytes) = seen else {
+            return None;
+        };
+        let f = frame::parse(&bytes).ok()?;
+        let whole = match f.header.kind() {
+            FrameKind::Message => Some((f.message_header(), f.body.to_vec())),
+            FrameKind::Ping | FrameKind::Pong | FrameKind::OtherSystem => return None,
+            _ => r.push(&f).ok()?.map(|m| (m.header, m.body.to_vec())),
+        };
+        if whole.is_some() {
+            if got.is_some() {
+                return None;
+            }
+            got = whole;
+        }
+    }
+    got
 }
 
 /// Sequences: a body split by the encoder comes back whole through the reassembler, in any
@@ -162,34 +181,24 @@ pub fn frames(data: &[u8]) {
 pub fn sequences(data: &[u8]) {
     let mut s = Script { data };
     let chunk = usize::from(s.u16() % 8000) + 1;
-    let len = usize::from(s.u16());
+    // At most 64 chunks: long enough for every path, short enough to keep runs fast.
+    let len = usize::from(s.u16()).min(chunk * 64);
     let body: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31)).collect();
     let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
     let mut wire = Vec::new();
-    FrameEncoder::with_chunk_size(chunk)
-        .encode(&header, &body, &mut wire)
-        .expect("valid header");
-    let mut r = Reassembler::new(1 << 20);
-    let mut got = None;
-    for seen in decode_chunks(core::iter::once(&wire[..])) {
-        let Seen::Frame(bytes) = seen else {
-            panic!("our own frames fail to decode")
-        };
-        let f = frame::parse(&bytes).expect("valid frame");
-        match f.header.kind() {
-            FrameKind::Message => got = Some((f.message_header(), f.body.to_vec())),
-            _ => {
-                if let Some(m) = r.push(&f).expect("a valid sequence") {
-                    got = Some((m.header, m.body.to_vec()));
-                }
-            }
-        }
-    }
+    let encoded = FrameEncoder::with_chunk_size(chunk).encode(&header, &body, &mut wire);
     assert_eq!(
-        got,
-        Some((header, body)),
-        "the body did not come back whole"
+        encoded.is_ok(),
+        header.service_id != crate::header::SYSTEM_SERVICE,
+        "only the system service is refused"
     );
+    if encoded.is_ok() {
+        assert_eq!(
+            decode_message(&wire),
+            Some((header, body)),
+            "the body did not come back whole"
+        );
+    }
 
     // Fuzz-made frames: the reassembler refuses or takes them, within its limit.
     let mut r = Reassembler::new(4096);
@@ -263,7 +272,7 @@ fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Conf
     };
     let mut closed_events = 0;
     while !s.is_empty() {
-        match s.byte() % 12 {
+        match s.byte() % 15 {
             0 => c.handle_connected(now),
             1 | 2 => {
                 let n = usize::from(s.u16() % 2048);
@@ -317,6 +326,28 @@ fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Conf
             8 => closed_events += drain_events(&mut c),
             9 => c.punish(u32::from(s.u16())),
             10 => c.handle_eof(now),
+            11 => {
+                // The same message for many connections, encoded once.
+                let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
+                let n = usize::from(s.u16()) * 4;
+                if let Ok(m) = EncodedMessage::new(&Message::new(header, s.bytes(n))) {
+                    let _ = c.send_encoded(now, &m, Priority::Normal);
+                }
+            }
+            12 => {
+                let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
+                let n = usize::from(s.byte());
+                let _ = c.send_first(now, Message::new(header, s.bytes(n)));
+            }
+            13 => {
+                // Once closed, carry what was not sent over to a new connection.
+                closed_events += drain_events(&mut c);
+                if let Some(outbox) = c.take_outbox() {
+                    assert_eq!(closed_events, 1, "closed without one Closed event");
+                    c = Connection::with_outbox(now, c.role(), *c.config(), outbox);
+                    closed_events = 0;
+                }
+            }
             _ => {
                 if s.byte() == 0 {
                     c.close(now);
@@ -376,13 +407,19 @@ pub fn node(data: &[u8]) {
             .unwrap_or(NonZeroUsize::MIN),
         ..NodeConfig::default()
     };
+    // Either the outputs are taken after every step, or only when the script says so (the
+    // node must then hold back, bounded, without losing track).
+    let drain_every_step = s.byte() & 1 == 0;
     let mut node: Node<Heap> = Node::new(Instant::ZERO, config.clone());
     let mut now = Instant::ZERO;
     let mut ids: Vec<ConnId> = Vec::new();
+    let mut handles: Vec<HandleId> = Vec::new();
+    let ip = |b: u8| IpAddr::V4(Ipv4Addr::new(10, 0, 0, b % 6));
     while !s.is_empty() {
         let pick = usize::from(s.byte());
         let id = ids.get(pick % ids.len().max(1)).copied();
-        match s.byte() % 12 {
+        let handle = handles.get(pick % handles.len().max(1)).copied();
+        match s.byte() % 20 {
             0 => {
                 let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, s.byte() % 6));
                 if let Ok(id) = node.accept(now, SocketAddr::new(ip, s.u16())) {
@@ -434,7 +471,63 @@ pub fn node(data: &[u8]) {
                     let _ = node.request(now, id, Message::new(Header::new(1, 1), body), timeout);
                 }
             }
-            10 => node.ban(now, IpAddr::V4(Ipv4Addr::new(10, 0, 0, s.byte() % 6))),
+            10 => node.ban(now, ip(s.byte())),
+            12 => node.unban(ip(s.byte())),
+            13 => {
+                if s.byte() & 1 == 0 {
+                    let _ = node.allow(ip(s.byte()));
+                } else {
+                    node.disallow(ip(s.byte()));
+                }
+            }
+            14 => {
+                if let Some(id) = id {
+                    let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
+                    let n = usize::from(s.u16()) * 2;
+                    let _ = node.send(now, id, Message::new(header, s.bytes(n)), Priority::Normal);
+                }
+            }
+            15 => {
+                let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
+                let n = usize::from(s.u16());
+                let message = Message::new(header, s.bytes(n));
+                let to: Vec<ConnId> = ids.clone();
+                node.broadcast(now, &message, Priority::Normal, to, |_, _| {});
+            }
+            16 => {
+                let scope = match id {
+                    Some(id) if s.byte() & 1 == 1 => Scope::Connection(id),
+                    _ => Scope::Node,
+                };
+                if let Ok(h) = node.open_handle(scope) {
+                    handles.push(h);
+                }
+            }
+            17 => {
+                if let Some(h) = handle {
+                    let service = i32::from(s.byte() % 4);
+                    let message = (s.byte() & 1 == 1).then(|| i32::from(s.byte() % 4));
+                    if s.byte() & 1 == 0 {
+                        let _ = node.subscribe(h, service, message);
+                    } else {
+                        let _ = node.unsubscribe(h, service, message);
+                    }
+                }
+            }
+            18 => {
+                if let Some(h) = handle {
+                    let _ = node.close_handle(h);
+                    handles.retain(|x| *x != h);
+                }
+            }
+            19 => {
+                // Save and restore the ban list, as a restart would.
+                let unix = u64::from(s.u16()) * 1000;
+                let saved: Vec<BanRecord> = node.export_bans(unix).collect();
+                assert!(saved.len() <= config.max_bans.get());
+                let later = unix + u64::from(s.byte());
+                node.import_bans(now, later, saved);
+            }
             _ => {
                 now = now
                     + Duration::from_millis(u64::from(s.u16()) * u64::from(s.byte() % 16 + 1) * 16);
@@ -445,17 +538,29 @@ pub fn node(data: &[u8]) {
                 );
             }
         }
-        drain_node(&mut node, &mut ids);
+        if drain_every_step || s.byte() == 0 {
+            drain_node(&mut node, &mut ids);
+        }
         let u = node.usage();
         assert!(u.connections <= config.max_connections.get());
         assert!(u.bans <= config.max_bans.get());
         assert!(u.scores <= config.max_scores.get());
         assert!(u.rate_log <= config.rate_log_len.get());
         assert!(u.requests <= config.max_pending_requests.get());
+        let output_bound = 4 * config.max_connections.get()
+            + config.max_pending_requests.get()
+            + 2 * config.max_bans.get()
+            + 64;
         assert!(
-            u.timers <= 4 * (u.slots + u.requests) + 64 + 1,
-            "timer heap grows: {u:?}"
+            u.queued_outputs <= output_bound,
+            "output queue grows: {u:?}"
         );
+        assert!(
+            u.slots <= config.max_connections.get(),
+            "slot table grows: {u:?}"
+        );
+        let timer_bound = 4 * (config.max_connections.get() + config.max_pending_requests.get());
+        assert!(u.timers <= timer_bound + 65, "timer heap grows: {u:?}");
     }
 }
 

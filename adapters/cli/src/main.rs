@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use flowee_cli::{demo, json, net};
 use serde_json::Value as Json;
 use std::io::Read;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -45,6 +46,16 @@ enum Command {
         /// Send every message back with the same header ints and body.
         #[arg(long)]
         echo: bool,
+        /// Close clients that do not ping within this many seconds (default: 150 after
+        /// connecting, 120 after a ping, as the C++ does).
+        #[arg(long, value_name = "SECS")]
+        ping_timeout: Option<f64>,
+        /// Most connections at once.
+        #[arg(long, default_value_t = 10_000)]
+        max_connections: usize,
+        /// Most connections from one IP address at once (default: no limit).
+        #[arg(long, value_name = "N")]
+        max_per_ip: Option<u32>,
     },
     /// Connect, send one message, print the reply as JSON.
     Call {
@@ -182,7 +193,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("{}", json::to_hex(&bytes));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { listen, echo } => {
+        Command::Serve {
+            listen,
+            echo,
+            ping_timeout,
+            max_connections,
+            max_per_ip,
+        } => {
             let (tx, rx) = smol::channel::bounded::<()>(1);
             ctrlc::set_handler(move || {
                 let _ = tx.try_send(());
@@ -191,7 +208,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let stop = async move {
                 let _ = rx.recv().await;
             };
-            let config = flowee_smol::NodeConfig::default();
+            let mut config = flowee_smol::NodeConfig::default();
+            if let Some(secs) = ping_timeout {
+                let timeout = seconds(secs)?;
+                config.connection.first_ping_timeout = timeout;
+                config.connection.ping_timeout = timeout;
+            }
+            config.max_connections =
+                NonZeroUsize::new(max_connections).ok_or("--max-connections must be at least 1")?;
+            if let Some(n) = max_per_ip {
+                config.max_connections_per_ip =
+                    Some(NonZeroU32::new(n).ok_or("--max-per-ip must be at least 1")?);
+            }
             Ok(network(
                 smol::block_on(net::serve(&listen, echo, config, stop)).map(|()| None),
             ))

@@ -83,7 +83,7 @@ pub async fn serve(
                     eprintln!("flowee-cli: close {id}: {}", describe_close(&reason))
                 }
                 NodeEvent::Refused { peer, reason } => {
-                    eprintln!("flowee-cli: refused {peer}: {reason}")
+                    eprintln!("flowee-cli: refused {peer}: {} ({reason})", reason.name())
                 }
                 NodeEvent::Banned { ip } => eprintln!("flowee-cli: banned {ip}"),
                 _ => {}

@@ -71,16 +71,6 @@ impl fmt::Display for RequestFailure {
 
 impl std::error::Error for RequestFailure {}
 
-fn without_message<M>(e: SendError<M>) -> SendError<()> {
-    match e {
-        SendError::QueueFull(_) => SendError::QueueFull(()),
-        SendError::TooLarge(_) => SendError::TooLarge(()),
-        SendError::Invalid(_, e) => SendError::Invalid((), e),
-        SendError::UnknownConnection(_) => SendError::UnknownConnection(()),
-        _ => SendError::Closed(()),
-    }
-}
-
 impl Client {
     /// Connects to `addr` (its first resolved address) and waits until the TCP connection is
     /// up; fails if that first attempt fails. From then on it reconnects by itself.
@@ -158,7 +148,7 @@ impl Client {
             let request = inner
                 .node
                 .request(now, self.id, message, timeout)
-                .map_err(|e| RequestFailure::NotSent(without_message(e)))?;
+                .map_err(|e| RequestFailure::NotSent(e.map(drop)))?;
             // With the node locked, so the reply cannot be dispatched before the waiter exists.
             inner.dispatch.wait(
                 request,

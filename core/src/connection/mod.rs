@@ -23,7 +23,6 @@ pub use queue::{Message, Priority, QueueEntry, SendError};
 pub use timer::Timer;
 
 use crate::frame::{FrameEncoder, MAX_FRAME_LEN, PING_FRAME, PONG_FRAME};
-use crate::header::SYSTEM_SERVICE;
 use crate::score::Score;
 use crate::storage::{DefaultStorage, Storage};
 use crate::time::Instant;
@@ -121,12 +120,6 @@ impl<S: Storage> Outbox<S> {
         message: Message<'a>,
         priority: Priority,
     ) -> Result<(), SendError<Message<'a>>> {
-        if message.header.service_id == SYSTEM_SERVICE {
-            return Err(SendError::Invalid(
-                message,
-                crate::frame::EncodeError::InvalidServiceId(SYSTEM_SERVICE),
-            ));
-        }
         let result = match priority {
             Priority::High if message.body.len() > self.encoder.chunk_size() => {
                 Err(Refused::TooLarge)
@@ -889,8 +882,12 @@ impl<S: Storage> Connection<S> {
             return Err(SendError::Closed(message));
         }
         let outbox = &mut self.outbox;
-        if message.body.len() > outbox.encoder.chunk_size() || self.stats.bytes_out > 0 {
+        if message.body.len() > outbox.encoder.chunk_size() {
             return Err(SendError::TooLarge(message));
+        }
+        // Once `poll_transmit` handed out bytes, the adapter may be writing them.
+        if self.stats.bytes_out > 0 || self.source.is_some() {
+            return Err(SendError::TooLate(message));
         }
         let len = outbox
             .encoder

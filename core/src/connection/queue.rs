@@ -87,6 +87,9 @@ pub enum SendError<M> {
     Closed(M),
     /// The node has no connection with that id (it was removed).
     UnknownConnection(M),
+    /// [`Connection::send_first`](crate::connection::Connection::send_first) after
+    /// transmitting began: the message can no longer be the first.
+    TooLate(M),
 }
 
 impl<M> SendError<M> {
@@ -97,7 +100,20 @@ impl<M> SendError<M> {
             | SendError::TooLarge(m)
             | SendError::Invalid(m, _)
             | SendError::Closed(m)
-            | SendError::UnknownConnection(m) => m,
+            | SendError::UnknownConnection(m)
+            | SendError::TooLate(m) => m,
+        }
+    }
+
+    /// The same error carrying `f(message)`, e.g. `map(drop)` to keep only the reason.
+    pub fn map<N>(self, f: impl FnOnce(M) -> N) -> SendError<N> {
+        match self {
+            SendError::QueueFull(m) => SendError::QueueFull(f(m)),
+            SendError::TooLarge(m) => SendError::TooLarge(f(m)),
+            SendError::Invalid(m, e) => SendError::Invalid(f(m), e),
+            SendError::Closed(m) => SendError::Closed(f(m)),
+            SendError::UnknownConnection(m) => SendError::UnknownConnection(f(m)),
+            SendError::TooLate(m) => SendError::TooLate(f(m)),
         }
     }
 }
@@ -110,6 +126,7 @@ impl<M> fmt::Display for SendError<M> {
             SendError::Invalid(_, e) => write!(f, "invalid message: {e}"),
             SendError::Closed(_) => f.write_str("connection closed"),
             SendError::UnknownConnection(_) => f.write_str("unknown connection"),
+            SendError::TooLate(_) => f.write_str("transmitting began: too late to send first"),
         }
     }
 }

@@ -133,6 +133,33 @@ fn exact_bytes_on_the_wire() {
 }
 
 #[test]
+fn send_first_goes_first_until_transmitting_begins() {
+    let mut c: Connection = Connection::connecting(t(0), Config::default());
+    c.send(t(0), msg(3, 2, b"a"), Priority::High).unwrap();
+    c.send_first(t(0), msg(1, 0, b"login")).unwrap();
+    c.handle_connected(t(0));
+    // Handed out but not yet written: the adapter may be writing it, so nothing can go
+    // ahead of it any more (found by the `connection` fuzz target).
+    assert!(c.poll_transmit().is_some());
+    c.consume_transmit(0);
+    assert!(matches!(
+        c.send_first(t(0), msg(1, 0, b"late")),
+        Err(SendError::TooLate(_))
+    ));
+    let mut s: Connection = Connection::accepted(t(0), Config::default());
+    let mut events = Vec::new();
+    feed(t(0), &mut s, &take_tx(&mut c), &mut events);
+    events.extend(drain(&mut s));
+    assert_eq!(
+        events,
+        [
+            Ev::Message(Header::new(1, 0), b"login".to_vec()),
+            Ev::Message(Header::new(3, 2), b"a".to_vec())
+        ]
+    );
+}
+
+#[test]
 fn client_pings_every_90s_and_measures_rtt() {
     let (mut c, mut s) = pair(Config::default());
     assert_eq!(c.poll_timeout(), Some(t(90)));

@@ -2,7 +2,7 @@
 
 use super::{CHUNK_SIZE, MAX_FRAME_LEN};
 use crate::cmf::{CapacityError, Sink, Token, Value, encoded_len, varint};
-use crate::header::{Header, tags};
+use crate::header::{Header, SYSTEM_SERVICE, tags};
 use core::fmt;
 
 /// Which frame of a message this is; it decides the header layout (spec §4.1).
@@ -30,7 +30,8 @@ pub enum Chunk {
 pub enum EncodeError {
     /// The output has no room for the frames.
     Capacity(CapacityError),
-    /// The service id is negative or 0x7FFF_FFFF: the peer would refuse the frame.
+    /// The service id is negative or 0x7FFF_FFFF (the peer would refuse the frame), or it is
+    /// the system service 126 (the peer would take it for a ping or pong and drop it).
     InvalidServiceId(i32),
     /// The message id is 0x7FFF_FFFF, which receivers do not read as an int, or it is negative
     /// (other than −1) on a sequence, whose later chunks leave negative ids out (spec §4.1).
@@ -47,7 +48,10 @@ impl fmt::Display for EncodeError {
         match self {
             EncodeError::Capacity(e) => e.fmt(f),
             EncodeError::InvalidServiceId(id) => {
-                write!(f, "service id {id} is outside 0..=2147483646")
+                write!(
+                    f,
+                    "service id {id} is outside 0..=2147483646 or is the system service 126"
+                )
             }
             EncodeError::InvalidMessageId(id) => write!(f, "message id {id} is not an int"),
             EncodeError::BodyTooLarge { len } => {
@@ -232,7 +236,7 @@ impl FrameEncoder {
 
     /// Checks that receivers will accept this header and body size.
     pub fn check(&self, header: &Header, body_len: usize) -> Result<(), EncodeError> {
-        if !(0..i32::MAX).contains(&header.service_id) {
+        if !(0..i32::MAX).contains(&header.service_id) || header.service_id == SYSTEM_SERVICE {
             return Err(EncodeError::InvalidServiceId(header.service_id));
         }
         if body_len >= i32::MAX as usize {

@@ -135,6 +135,18 @@ pub enum Refused {
     Full,
 }
 
+impl Refused {
+    /// A short, stable, snake_case name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Refused::Banned { .. } => "banned",
+            Refused::RateLimited => "rate_limited",
+            Refused::TooManyFromAddress => "too_many_from_address",
+            Refused::Full => "full",
+        }
+    }
+}
+
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -888,7 +900,9 @@ impl<S: Storage> Node<S> {
         } else if informational(&q) {
             self.dropped_outputs += 1;
         } else {
-            let _ = self.queued.push(q);
+            let fits = self.queued.push(q).is_ok();
+            // Checked by the `node` fuzz target, which runs with debug assertions.
+            debug_assert!(fits, "the output queue's bound is too small");
         }
     }
 
@@ -993,17 +1007,17 @@ impl<S: Storage> Node<S> {
             let result = match &mut slot.state {
                 State::Live(conn) => conn
                     .send_encoded(now, &encoded, priority)
-                    .map_err(drop_message),
+                    .map_err(|e| e.map(drop)),
                 State::Waiting { outbox, .. } => outbox
                     .send_encoded(&encoded, priority)
-                    .map_err(drop_message),
+                    .map_err(|e| e.map(drop)),
                 State::Free => Err(SendError::UnknownConnection(())),
             };
             #[cfg(not(feature = "alloc"))]
             let result = match &mut slot.state {
-                State::Live(conn) => conn.send(now, *message, priority).map_err(drop_message),
+                State::Live(conn) => conn.send(now, *message, priority).map_err(|e| e.map(drop)),
                 State::Waiting { outbox, .. } => {
-                    outbox.send(*message, priority).map_err(drop_message)
+                    outbox.send(*message, priority).map_err(|e| e.map(drop))
                 }
                 State::Free => Err(SendError::UnknownConnection(())),
             };
@@ -1480,16 +1494,6 @@ enum Step {
     Transmit(ConnId),
     Event(ConnId, Event<'static>, HandleSet),
     Deliver,
-}
-
-fn drop_message<M>(e: SendError<M>) -> SendError<()> {
-    match e {
-        SendError::QueueFull(_) => SendError::QueueFull(()),
-        SendError::TooLarge(_) => SendError::TooLarge(()),
-        SendError::Invalid(_, e) => SendError::Invalid((), e),
-        SendError::Closed(_) => SendError::Closed(()),
-        SendError::UnknownConnection(_) => SendError::UnknownConnection(()),
-    }
 }
 
 /// Whether a message is the historical login with the expected cookie.

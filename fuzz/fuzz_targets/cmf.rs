@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target `cmf`: see `shared::run` and `flowee_proto::fuzzing`.
+
+#[path = "shared.rs"]
+mod shared;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shared::run("cmf", data));

@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target `node`: see `shared::run` and `flowee_proto::fuzzing`.
+
+#[path = "shared.rs"]
+mod shared;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shared::run("node", data));
