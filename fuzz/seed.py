@@ -2,7 +2,7 @@
 """Seeds fuzz/corpus/<target>/ from ../shared/vectors/flowee-vectors.json (C++ captures).
 
 Run from the repository root: python3 fuzz/seed.py. The checked-in corpus is these seeds
-after a campaign and `cargo fuzz cmin` (see fuzz/README.md).
+grown by a campaign, then minimized by libFuzzer's set-cover merge (see fuzz/README.md).
 """
 import hashlib, json, os, struct
 

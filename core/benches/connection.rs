@@ -6,9 +6,9 @@
 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
+use flowee_proto::Instant;
 use flowee_proto::connection::{Config, Connection, Event, Message, Priority};
 use flowee_proto::header::Header;
-use flowee_proto::Instant;
 
 fn main() {
     divan::main();
@@ -67,7 +67,11 @@ fn one_way(bencher: Bencher<'_, '_>, size: usize) {
     let (mut client, mut server) = pair();
     let body: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let header = Header::new(3, 2);
-    let (count, batch) = if size > 8000 { (64, 16) } else { (MESSAGES, BATCH) };
+    let (count, batch) = if size > 8000 {
+        (64, 16)
+    } else {
+        (MESSAGES, BATCH)
+    };
     bencher
         .counter(ItemsCount::new(count))
         .counter(BytesCount::new(count * size))
@@ -77,7 +81,11 @@ fn one_way(bencher: Bencher<'_, '_>, size: usize) {
             for _ in 0..count / batch {
                 for _ in 0..batch {
                     client
-                        .send(now, Message::new(header, black_box(&body)), Priority::Normal)
+                        .send(
+                            now,
+                            Message::new(header, black_box(&body)),
+                            Priority::Normal,
+                        )
                         .unwrap();
                 }
                 seen += deliver(&mut client, &mut server).0;

@@ -274,7 +274,7 @@ pub enum FrameKind {
 
 /// Everything a received header says, except the custom ints (see [`ints`]), which stay in
 /// the frame's bytes so that decoding does not copy them around.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     /// ServiceId (tag 1).
     pub service_id: i32,
@@ -282,29 +282,74 @@ pub struct FrameHeader {
     pub message_id: Option<i32>,
     /// SequenceStart (tag 3), if present.
     pub sequence_start: Option<i32>,
-    /// LastInSequence (tag 4), if present.
-    pub last_in_sequence: Option<bool>,
-    /// Tag 5 was present (any value).
-    pub ping: bool,
-    /// Tag 6 was present as a bool.
-    pub pong: bool,
-    /// How many distinct custom header ints the header carries (at most [`MAX_HEADER_INTS`]).
-    pub int_count: u8,
+    /// The small fields in one word, written at once: separate byte stores followed by a
+    /// whole-struct copy stall the CPU's store forwarding on the hot path.
+    bits: u32,
+}
+
+const INT_COUNT: u32 = 0xFF;
+const PING: u32 = 1 << 8;
+const PONG: u32 = 1 << 9;
+const LAST_PRESENT: u32 = 1 << 10;
+const LAST_TRUE: u32 = 1 << 11;
+
+impl fmt::Debug for FrameHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameHeader")
+            .field("service_id", &self.service_id)
+            .field("message_id", &self.message_id)
+            .field("sequence_start", &self.sequence_start)
+            .field("last_in_sequence", &self.last_in_sequence())
+            .field("ping", &self.ping())
+            .field("pong", &self.pong())
+            .field("int_count", &self.int_count())
+            .finish()
+    }
 }
 
 impl FrameHeader {
+    /// A header with only a ServiceId.
+    pub(crate) const fn new(service_id: i32) -> Self {
+        FrameHeader {
+            service_id,
+            message_id: None,
+            sequence_start: None,
+            bits: 0,
+        }
+    }
+
+    /// LastInSequence (tag 4), if present.
+    pub fn last_in_sequence(&self) -> Option<bool> {
+        (self.bits & LAST_PRESENT != 0).then_some(self.bits & LAST_TRUE != 0)
+    }
+
+    /// Tag 5 was present (any value).
+    pub fn ping(&self) -> bool {
+        self.bits & PING != 0
+    }
+
+    /// Tag 6 was present as a bool.
+    pub fn pong(&self) -> bool {
+        self.bits & PONG != 0
+    }
+
+    /// How many distinct custom header ints the header carries (at most [`MAX_HEADER_INTS`]).
+    pub fn int_count(&self) -> u8 {
+        (self.bits & INT_COUNT) as u8
+    }
+
     /// How a receiver treats this frame (spec §4.2 and §5).
     pub fn kind(&self) -> FrameKind {
         if self.service_id == SYSTEM_SERVICE {
-            return if self.ping {
+            return if self.ping() {
                 FrameKind::Ping
-            } else if self.pong {
+            } else if self.pong() {
                 FrameKind::Pong
             } else {
                 FrameKind::OtherSystem
             };
         }
-        match (self.last_in_sequence, self.sequence_start) {
+        match (self.last_in_sequence(), self.sequence_start) {
             (None, _) => FrameKind::Message,
             (Some(last), Some(total)) => FrameKind::SequenceStart { total, last },
             (Some(last), None) => FrameKind::SequenceNext { last },
@@ -379,65 +424,152 @@ impl core::error::Error for HeaderError {}
 /// 10..=0xFF_FFFE are kept (first one wins; read them with [`ints`]), the rest is ignored.
 #[inline]
 pub fn parse(data: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
+    // Fast path, for what ordinary messages carry: ServiceId, MessageId and custom ints with
+    // short tags and one-byte values, then HeaderEnd as `04`. At anything else, errors
+    // included, the general parser starts over and decides.
+    'ordinary: {
+        let mut service_id = None;
+        let mut message_id = None;
+        // Custom tags seen (10..=30 fit in the mask): the first value wins, so only count.
+        let mut custom = 0u32;
+        let mut count = 0u8;
+        let mut at = 0;
+        loop {
+            let Some(&first) = data.get(at) else {
+                break 'ordinary;
+            };
+            if first == 0x04 {
+                break;
+            }
+            let Some(&magnitude) = data.get(at + 1) else {
+                break 'ordinary;
+            };
+            // A tag below 31 with a positive (type 0) or negative (type 1) one-byte number.
+            if first >= 0xF8 || first & 6 != 0 || magnitude >= 0x80 {
+                break 'ordinary;
+            }
+            let value = if first & 1 == 0 {
+                i32::from(magnitude)
+            } else {
+                -i32::from(magnitude)
+            };
+            match first >> 3 {
+                1 => service_id = Some(value),
+                2 => message_id = Some(value),
+                tag @ 10..=30 => {
+                    let bit = 1 << tag;
+                    if custom & bit == 0 {
+                        custom |= bit;
+                        count += 1;
+                    }
+                }
+                _ => break 'ordinary,
+            }
+            at += 2;
+        }
+        let Some(service_id) = service_id else {
+            break 'ordinary;
+        };
+        return Ok((
+            FrameHeader {
+                service_id,
+                message_id,
+                sequence_start: None,
+                bits: u32::from(count),
+            },
+            at + 1,
+        ));
+    }
+    parse_general(data)
+}
+
+/// [`parse`] on the general token reader.
+#[inline(never)]
+fn parse_general(data: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
+    let mut state = Parsing::new();
     let mut reader = Reader::new(data);
-    let mut service_id = None;
-    let mut out = FrameHeader {
-        service_id: 0,
-        message_id: None,
-        sequence_start: None,
-        last_in_sequence: None,
-        ping: false,
-        pong: false,
-        int_count: 0,
-    };
-    // Only built when a custom int shows up, to count distinct tags.
-    let mut ints: Option<HeaderInts> = None;
     loop {
         let token = match reader.next_token() {
             Ok(Some(t)) => t,
             Ok(None) => return Err(HeaderError::MissingEnd),
             Err(e) => return Err(HeaderError::Cmf(e)),
         };
-        let int = token.value.header_int();
-        match token.tag {
-            tags::HEADER_END => break,
+        if state.token(token.tag, token.value)? {
+            return state.finish(reader.position());
+        }
+    }
+}
+
+/// A header being read, token by token.
+struct Parsing {
+    out: FrameHeader,
+    service_id: Option<i32>,
+    /// The distinct custom int tags so far (their values are read later, by [`ints`]).
+    custom: heapless::Vec<u32, MAX_HEADER_INTS>,
+}
+
+impl Parsing {
+    #[inline(always)]
+    fn new() -> Self {
+        Parsing {
+            out: FrameHeader::new(0),
+            service_id: None,
+            custom: heapless::Vec::new(),
+        }
+    }
+
+    /// Applies one token's rule; true at HeaderEnd.
+    #[inline(always)]
+    fn token(&mut self, tag: u32, value: Value<'_>) -> Result<bool, HeaderError> {
+        let int = value.header_int();
+        match tag {
+            tags::HEADER_END => return Ok(true),
             tags::SERVICE_ID => {
-                service_id = Some(int.ok_or(HeaderError::NotInt { tag: 1 })?);
+                self.service_id = Some(int.ok_or(HeaderError::NotInt { tag: 1 })?);
             }
             tags::MESSAGE_ID => {
-                out.message_id = Some(int.ok_or(HeaderError::NotInt { tag: 2 })?);
+                self.out.message_id = Some(int.ok_or(HeaderError::NotInt { tag: 2 })?);
             }
             tags::SEQUENCE_START => {
-                out.sequence_start = Some(int.ok_or(HeaderError::NotInt { tag: 3 })?);
+                self.out.sequence_start = Some(int.ok_or(HeaderError::NotInt { tag: 3 })?);
             }
             tags::LAST_IN_SEQUENCE => {
-                out.last_in_sequence = Some(token.value.as_bool().ok_or(HeaderError::NotBool)?);
+                let last = value.as_bool().ok_or(HeaderError::NotBool)?;
+                self.out.bits &= !LAST_TRUE;
+                self.out.bits |= LAST_PRESENT | if last { LAST_TRUE } else { 0 };
             }
-            tags::PING => out.ping = true,
+            tags::PING => self.out.bits |= PING,
             tag @ 6..=9 => {
                 // The C++ `isInt()`: any negative counts, even one too large for `header_int`.
-                if token.value.is_int() {
+                if value.is_int() {
                     return Err(HeaderError::IllegalTag { tag });
                 }
-                if tag == tags::PONG && matches!(token.value, Value::Bool(_)) {
-                    out.pong = true;
+                if tag == tags::PONG && matches!(value, Value::Bool(_)) {
+                    self.out.bits |= PONG;
                 }
             }
-            tag @ CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX => {
-                if let Some(v) = int {
-                    ints.get_or_insert_with(HeaderInts::new)
-                        .insert_first(tag, v)?;
-                }
+            tag @ CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX
+                if int.is_some() && !self.custom.contains(&tag) =>
+            {
+                self.custom
+                    .push(tag)
+                    .map_err(|_| HeaderError::TooManyInts)?;
             }
             _ => {}
         }
+        Ok(false)
     }
-    out.service_id = service_id.ok_or(HeaderError::MissingServiceId)?;
-    out.int_count = ints.map_or(0, |i| i.len() as u8);
-    Ok((out, reader.position()))
+
+    /// The header, once HeaderEnd came at `len`.
+    #[inline(always)]
+    fn finish(&mut self, len: usize) -> Result<(FrameHeader, usize), HeaderError> {
+        self.out.service_id = self.service_id.ok_or(HeaderError::MissingServiceId)?;
+        self.out.bits |= self.custom.len() as u32;
+        Ok((self.out, len))
+    }
 }
 
-/// The custom header ints of a header that [`parse`] accepted (first value of a tag wins).
+/// The custom header ints of a header that [`parse`] accepted/// The custom header ints of a header that [`parse`] accepted (first value of a tag wins).
 pub fn ints(header: &[u8]) -> HeaderInts {
     let mut ints = HeaderInts::new();
     for token in Reader::new(header).map_while(Result::ok) {
@@ -458,9 +590,59 @@ pub fn ints(header: &[u8]) -> HeaderInts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quickcheck::{Gen, QuickCheck};
+    use std::vec::Vec;
 
     fn hdr(bytes: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
         parse(bytes)
+    }
+
+    /// Bytes that look like headers: tokens from a small alphabet of tags, types and values,
+    /// so that the fast path and each of its ways out are taken often.
+    #[derive(Clone, Debug)]
+    struct HeaderLike(Vec<u8>);
+
+    impl Arbitrary for HeaderLike {
+        fn arbitrary(g: &mut Gen) -> Self {
+            HeaderLike(header_like(g))
+        }
+    }
+
+    fn header_like(g: &mut Gen) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..usize::arbitrary(g) % 8 {
+            let tag = *g
+                .choose(&[0u8, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 30, 31])
+                .unwrap();
+            let ty = *g.choose(&[0u8, 0, 1, 4, 5, 2, 6, 7]).unwrap();
+            out.push(tag.min(31) << 3 | ty);
+            if tag == 31 {
+                out.push(*g.choose(&[0x05u8, 0x0B, 0x80]).unwrap());
+            }
+            if ty < 4 {
+                out.push(*g.choose(&[0u8, 1, 7, 0x7F, 0x80, 0x81]).unwrap());
+            }
+        }
+        if bool::arbitrary(g) {
+            out.push(0x04);
+        }
+        out
+    }
+
+    use quickcheck::Arbitrary;
+
+    #[test]
+    fn fast_path_agrees_with_the_general_parser() {
+        fn prop(h: HeaderLike) -> bool {
+            parse(&h.0) == parse_general(&h.0)
+        }
+        QuickCheck::new()
+            .tests(10_000)
+            .quickcheck(prop as fn(HeaderLike) -> bool);
+        fn any_bytes(bytes: Vec<u8>) -> bool {
+            parse(&bytes) == parse_general(&bytes)
+        }
+        QuickCheck::new().quickcheck(any_bytes as fn(Vec<u8>) -> bool);
     }
 
     #[test]
@@ -469,7 +651,7 @@ mod tests {
         assert_eq!(n, 3);
         assert_eq!(h.service_id, 1);
         assert_eq!(h.message_id, None);
-        assert_eq!(h.int_count, 0);
+        assert_eq!(h.int_count(), 0);
         assert_eq!(h.kind(), FrameKind::Message);
 
         // F12: svc 1, msg −1, {11:312, 233:12521, 1111:1112}
@@ -479,7 +661,10 @@ mod tests {
         ];
         let (h, n) = hdr(&f12).unwrap();
         assert_eq!(n, f12.len());
-        assert_eq!((h.service_id, h.message_id, h.int_count), (1, Some(-1), 3));
+        assert_eq!(
+            (h.service_id, h.message_id, h.int_count()),
+            (1, Some(-1), 3)
+        );
         assert_eq!(
             ints(&f12).as_slice(),
             &[(11, 312), (233, 12521), (1111, 1112)]
@@ -516,7 +701,7 @@ mod tests {
         assert_eq!(h.kind(), FrameKind::Message);
         // Ping flag with any value.
         let (h, _) = hdr(&[0x08, 0x7E, 0x28, 0x07, 0x04]).unwrap();
-        assert!(h.ping);
+        assert!(h.ping());
     }
 
     #[test]
@@ -525,7 +710,7 @@ mod tests {
         let bytes = [0x08, 0x01, 0x08, 0x02, 0x58, 0x01, 0x58, 0x02, 0x04];
         let (h, _) = hdr(&bytes).unwrap();
         assert_eq!(h.service_id, 2);
-        assert_eq!(h.int_count, 1);
+        assert_eq!(h.int_count(), 1);
         assert_eq!(ints(&bytes).get(tags::REQUEST_ID), Some(1));
     }
 
@@ -575,7 +760,7 @@ mod tests {
             0x04,
         ];
         let (h, _) = hdr(&bytes).unwrap();
-        assert_eq!(h.int_count, 0);
+        assert_eq!(h.int_count(), 0);
         assert!(ints(&bytes).is_empty());
         assert_eq!(h.service_id, 1);
         // 0xFF_FFFE is kept.

@@ -67,6 +67,7 @@
 //! assert_eq!(replies[2].0.request_id(), Some(2));
 //! ```
 
+pub mod counting;
 mod hosts;
 mod net;
 mod node_host;

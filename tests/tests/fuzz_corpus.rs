@@ -3,8 +3,6 @@
 //!
 //! One test only: the allocator's counters are global, so inputs must not run side by side.
 
-// The counting allocator forwards to the system allocator; see the SAFETY notes in the file.
-#[allow(unsafe_code)]
 #[path = "../../fuzz/fuzz_targets/shared.rs"]
 mod shared;
 

@@ -1,7 +1,7 @@
 //! `flowee-cli`: decode and encode Flowee frames as JSON, serve, call, and a demo.
 
 use clap::{Parser, Subcommand};
-use flowee_cli::{demo, json, net};
+use flowee_cli::{bench, demo, json, net};
 use serde_json::Value as Json;
 use std::io::Read;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -56,6 +56,32 @@ enum Command {
         /// Most connections from one IP address at once (default: no limit).
         #[arg(long, value_name = "N")]
         max_per_ip: Option<u32>,
+        /// The adapter that runs the server: smol or std.
+        #[arg(long, default_value = "smol")]
+        adapter: bench::Adapter,
+    },
+    /// Measure echo throughput (or round-trip latency) against `serve --echo`.
+    Bench {
+        /// Server address, e.g. 127.0.0.1:1235.
+        addr: String,
+        /// Messages to echo.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Body size in bytes (above 8000, messages go as sequences).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Messages in flight (at most 2000, the send queue's length).
+        #[arg(long, default_value_t = 500)]
+        window: usize,
+        /// One message in flight; print the median and 99th percentile round trip.
+        #[arg(long)]
+        latency: bool,
+        /// The adapter that runs the client: smol or std.
+        #[arg(long, default_value = "smol")]
+        adapter: bench::Adapter,
+        /// Seconds to wait for the run to finish.
+        #[arg(long, default_value_t = 300.0)]
+        timeout: f64,
     },
     /// Connect, send one message, print the reply as JSON.
     Call {
@@ -199,6 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             ping_timeout,
             max_connections,
             max_per_ip,
+            adapter,
         } => {
             let (tx, rx) = smol::channel::bounded::<()>(1);
             ctrlc::set_handler(move || {
@@ -220,9 +247,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 config.max_connections_per_ip =
                     Some(NonZeroU32::new(n).ok_or("--max-per-ip must be at least 1")?);
             }
-            Ok(network(
-                smol::block_on(net::serve(&listen, echo, config, stop)).map(|()| None),
-            ))
+            let served = match adapter {
+                bench::Adapter::Smol => smol::block_on(net::serve(&listen, echo, config, stop)),
+                bench::Adapter::Std => {
+                    net::serve_std(&listen, echo, config, move || smol::block_on(stop))
+                }
+            };
+            Ok(network(served.map(|()| None)))
         }
         Command::Call {
             addr,
@@ -265,6 +296,32 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             smol::block_on(net::version(&addr, seconds(timeout)?)).map(Some),
         )),
         Command::Demo => Ok(network(smol::block_on(demo::demo()).map(|()| None))),
+        Command::Bench {
+            addr,
+            count,
+            size,
+            window,
+            latency,
+            adapter,
+            timeout,
+        } => {
+            if !(1..=2000).contains(&window) {
+                return Err(format!("--window must be 1..=2000, not {window}"));
+            }
+            let run = bench::Bench {
+                count,
+                size,
+                window,
+                latency,
+                adapter,
+                timeout: seconds(timeout)?,
+            };
+            let outcome = match adapter {
+                bench::Adapter::Smol => smol::block_on(bench::run_smol(&addr, &run)),
+                bench::Adapter::Std => bench::run_std(&addr, &run),
+            };
+            Ok(network(outcome.map(|o| Some(o.to_string()))))
+        }
     }
 }
 

@@ -52,6 +52,26 @@ pub fn version_service(req: &Request<'_>, out: &mut Responder<'_>) {
     }
 }
 
+/// What `serve` answers (echo for everything, or the version service), then the line that
+/// says where it listens. A macro, as the smol and std servers are different types with the
+/// same methods.
+macro_rules! install_services {
+    ($server:expr, $echo_all:expr) => {
+        if $echo_all {
+            $server.handle_unclaimed(echo);
+        } else {
+            $server
+                .handle(0, Some(0), version_service)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        eprintln!(
+            "flowee-cli: listening on {}{}",
+            $server.local_addr(),
+            if $echo_all { " (echo)" } else { "" }
+        );
+    };
+}
+
 /// `serve`: runs until `stop` resolves, logging one line per connection open and close.
 pub async fn serve(
     listen: &str,
@@ -62,38 +82,55 @@ pub async fn serve(
     let server = Server::bind(listen, config)
         .await
         .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
-    if echo_all {
-        server.handle_unclaimed(echo);
-    } else {
-        server
-            .handle(0, Some(0), version_service)
-            .map_err(|e| fail(e.to_string()))?;
-    }
-    eprintln!(
-        "flowee-cli: listening on {}{}",
-        server.local_addr(),
-        if echo_all { " (echo)" } else { "" }
-    );
+    install_services!(server, echo_all);
     let mut events = server.events();
     let log = async {
         while let Some(e) = events.next().await {
-            match e {
-                NodeEvent::Connected { id, peer } => eprintln!("flowee-cli: open {id} {peer}"),
-                NodeEvent::Closed { id, reason } => {
-                    eprintln!("flowee-cli: close {id}: {}", describe_close(&reason))
-                }
-                NodeEvent::Refused { peer, reason } => {
-                    eprintln!("flowee-cli: refused {peer}: {} ({reason})", reason.name())
-                }
-                NodeEvent::Banned { ip } => eprintln!("flowee-cli: banned {ip}"),
-                _ => {}
-            }
+            log_event(&e);
         }
     };
     log.or(stop).await;
     eprintln!("flowee-cli: shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// `serve` on the std adapter: the same server, with threads; runs until `stop` returns.
+pub fn serve_std(
+    listen: &str,
+    echo_all: bool,
+    config: NodeConfig,
+    stop: impl FnOnce(),
+) -> Result<(), Failure> {
+    let server = flowee_std::Server::bind(listen, config)
+        .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
+    install_services!(server, echo_all);
+    let events = server.events();
+    let log = std::thread::spawn(move || {
+        for e in events {
+            log_event(&e);
+        }
+    });
+    stop();
+    eprintln!("flowee-cli: shutting down");
+    server.shutdown();
+    let _ = log.join();
+    Ok(())
+}
+
+/// One log line for the events `serve` reports.
+fn log_event(e: &NodeEvent) {
+    match e {
+        NodeEvent::Connected { id, peer } => eprintln!("flowee-cli: open {id} {peer}"),
+        NodeEvent::Closed { id, reason } => {
+            eprintln!("flowee-cli: close {id}: {}", describe_close(reason))
+        }
+        NodeEvent::Refused { peer, reason } => {
+            eprintln!("flowee-cli: refused {peer}: {} ({reason})", reason.name())
+        }
+        NodeEvent::Banned { ip } => eprintln!("flowee-cli: banned {ip}"),
+        _ => {}
+    }
 }
 
 /// What `call` sends.

@@ -18,6 +18,9 @@
 //! attackers to their own loopback addresses (127.x.y.z) and reads the server's `/proc`.
 #![cfg(target_os = "linux")]
 
+mod common;
+
+use common::{RssSampler, Server, connect_from, raise_fd_limit, read_within};
 use flowee_proto::cmf::{Value, Writer};
 use flowee_proto::connection::{CloseReason, Config, Connection, Event, Message, Priority};
 use flowee_proto::frame::PING_FRAME;
@@ -27,11 +30,9 @@ use smol::Async;
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How big and how long a run is.
@@ -80,8 +81,6 @@ impl Plan {
 const MAX_PER_IP: usize = 128;
 /// Peak server RSS allowed.
 const RSS_BOUND_KIB: u64 = 256 * 1024;
-/// `/proc/<pid>/stat` counts CPU time in these per second (USER_HZ, fixed by the Linux ABI).
-const USER_HZ: f64 = 100.0;
 
 #[test]
 fn adversarial_load_short() {
@@ -95,8 +94,14 @@ fn adversarial_load_full() {
 }
 
 fn run(plan: Plan) {
-    raise_fd_limit();
-    let server = Server::start(&plan);
+    raise_fd_limit(4096);
+    let server = Server::start(&[
+        "--echo",
+        "--ping-timeout",
+        &plan.ping_timeout.as_secs_f64().to_string(),
+        "--max-per-ip",
+        &MAX_PER_IP.to_string(),
+    ]);
     let addr = server.addr;
     let start = Instant::now();
     let attack_end = start + plan.attack;
@@ -182,158 +187,6 @@ struct Outcome {
     rss_attack: Vec<(Duration, u64)>,
     idle_cpu: f64,
     connections_idle: usize,
-}
-
-fn raise_fd_limit() {
-    let limit = rlimit::increase_nofile_limit(65_536).expect("raise the open-file limit");
-    assert!(
-        limit >= 4096,
-        "need at least 4096 open files, the hard limit is {limit}"
-    );
-}
-
-// ---------------------------------------------------------------------------------------
-// The server process
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(plan: &Plan) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flowee-cli"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--echo"])
-            .args([
-                "--ping-timeout",
-                &plan.ping_timeout.as_secs_f64().to_string(),
-            ])
-            .args(["--max-per-ip", &MAX_PER_IP.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flowee-cli serve starts");
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut first = String::new();
-        stderr
-            .read_line(&mut first)
-            .expect("serve says where it listens");
-        let addr = first
-            .split_whitespace()
-            .find_map(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Server { child, addr, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        proc_status_kib(self.pid(), field).unwrap_or(0)
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        self.status_kib("VmHWM:")
-    }
-
-    /// User plus system CPU seconds so far.
-    fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the command name (which is in parentheses): utime is the 12th, stime
-        // the 13th.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / USER_HZ
-    }
-
-    /// Connections the server holds open, from its log.
-    fn open_connections(&self) -> usize {
-        let log = self.log.lock().unwrap();
-        let opened = log.iter().filter(|l| l.contains(": open ")).count();
-        let closed = log.iter().filter(|l| l.contains(": close ")).count();
-        opened.saturating_sub(closed)
-    }
-
-    fn stop(mut self) -> Vec<String> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(200));
-        std::mem::take(&mut *self.log.lock().unwrap())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Samples the server's RSS four times a second while the attack runs.
-struct RssSampler {
-    samples: Arc<Mutex<Vec<(Duration, u64)>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (samples.clone(), stop.clone());
-        let t0 = Instant::now();
-        std::thread::spawn(move || {
-            while !st.load(Ordering::SeqCst) {
-                if let Some(kib) = proc_status_kib(pid, "VmRSS:") {
-                    s.lock().unwrap().push((t0.elapsed(), kib));
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        });
-        RssSampler { samples, stop }
-    }
-
-    fn samples(&self) -> Vec<(Duration, u64)> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.samples.lock().unwrap().clone()
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Sockets
-
-/// A TCP connection from a chosen loopback address.
-async fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> std::io::Result<Async<TcpStream>> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.bind(&SocketAddr::new(IpAddr::V4(ip), 0).into())?;
-    socket.set_nonblocking(true)?;
-    match socket.connect(&to.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(115) => {} // EINPROGRESS
-        Err(e) => return Err(e),
-    }
-    let stream = Async::new(TcpStream::from(socket))?;
-    stream.writable().await?;
-    if let Some(e) = stream.get_ref().take_error()? {
-        return Err(e);
-    }
-    stream.get_ref().set_nodelay(true)?;
-    Ok(stream)
 }
 
 /// Reads and discards until the server closes the connection; false if it is still open
@@ -451,12 +304,7 @@ async fn good_raw(
             .map(|at| Duration::from_millis(at.as_millis().saturating_sub(clock().as_millis())))
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_millis(100));
-        let read = async { Some(stream.read(&mut buf).await) }
-            .or(async {
-                smol::Timer::after(wait).await;
-                None
-            })
-            .await;
+        let read = read_within(&mut stream, &mut buf, wait).await;
         match read {
             Some(Ok(0)) => conn.handle_eof(clock()),
             Some(Ok(n)) => {

@@ -5,7 +5,9 @@
 //! Nothing here does I/O or waits: `flowee-smol` and `flowee-std` call [`Dispatch::pump`] with
 //! their node locked and act on the [`Actions`] it returns.
 
-use flowee_proto::node::{ConnId, HandleId, MAX_HANDLES, Output, Refused, RequestError, RequestId};
+use flowee_proto::node::{
+    ConnId, HandleId, MAX_HANDLES, NodeError, Output, Refused, RequestError, RequestId, Scope,
+};
 use flowee_proto::{
     CloseReason, Event, Header, Instant, Message, Misbehaviour, Node, OwnedMessage, Priority,
     SendError,
@@ -182,7 +184,8 @@ pub fn describe_close(reason: &CloseReason) -> String {
     format!("{} ({reason})", reason.name())
 }
 
-/// What the adapter has to do after a [`Dispatch::pump`].
+/// What the adapter has to do after a [`Dispatch::pump`]. Keep one and pass it to every
+/// pump: its lists are reused, so steady traffic allocates nothing.
 #[derive(Debug, Default)]
 pub struct Actions {
     /// Connections with bytes to write.
@@ -229,6 +232,30 @@ impl Default for Dispatch {
 }
 
 impl Dispatch {
+    /// Opens a node-wide handle for the messages of `service` (and `message`, if given) and
+    /// sends them to `sink` (`None`: nowhere, yet).
+    pub fn open_sink(
+        &mut self,
+        node: &mut Node,
+        service: i32,
+        message: Option<i32>,
+        sink: Option<Arc<dyn Service>>,
+    ) -> Result<HandleId, NodeError> {
+        let handle = node.open_handle(Scope::Node)?;
+        if let Err(e) = node.subscribe(handle, service, message) {
+            let _ = node.close_handle(handle);
+            return Err(e);
+        }
+        self.set_sink(handle, sink);
+        Ok(handle)
+    }
+
+    /// Closes a handle opened by [`Dispatch::open_sink`], and forgets its sink.
+    pub fn close_sink(&mut self, node: &mut Node, handle: HandleId) -> Result<(), NodeError> {
+        self.set_sink(handle, None);
+        node.close_handle(handle)
+    }
+
     /// Where the messages of a handle go (`None`: nowhere).
     pub fn set_sink(&mut self, handle: HandleId, service: Option<Arc<dyn Service>>) {
         self.sinks[handle.index()] = service;
@@ -277,10 +304,12 @@ impl Dispatch {
         self.listeners.retain_mut(|l| l(event));
     }
 
-    /// Drains the node's outputs: calls services, answers waiters, tells listeners, and says
-    /// which sockets to wake, close or open.
-    pub fn pump(&mut self, node: &mut Node, now: Instant) -> Actions {
-        let mut actions = Actions::default();
+    /// Drains the node's outputs: calls services, answers waiters, tells listeners, and puts
+    /// in `actions` (emptied first) which sockets to wake, close or open.
+    pub fn pump(&mut self, node: &mut Node, now: Instant, actions: &mut Actions) {
+        actions.wake.clear();
+        actions.disconnect.clear();
+        actions.connect.clear();
         while let Some(output) = node.poll_output() {
             match output {
                 Output::Transmit { id } => actions.wake.push(id),
@@ -336,7 +365,6 @@ impl Dispatch {
                 }
             }
         }
-        actions
     }
 
     fn event(&self, o: &Output<'_>) -> Option<NodeEvent> {
@@ -401,7 +429,8 @@ mod tests {
         d.add_peer(id, peer);
         let frame = [0x0A, 0x00, 0x08, 0x03, 0x10, 0x02, 0x58, 0x07, 0x04, 0xAA];
         node.handle_input(Instant::ZERO, id, &frame).unwrap();
-        let actions = d.pump(&mut node, Instant::ZERO);
+        let mut actions = Actions::default();
+        d.pump(&mut node, Instant::ZERO, &mut actions);
         assert_eq!(actions.wake, vec![id]);
         assert_eq!(
             node.poll_transmit(id).unwrap(),
@@ -409,7 +438,7 @@ mod tests {
         );
         node.consume_transmit(id, 10);
         node.close(Instant::ZERO, id).unwrap();
-        let actions = d.pump(&mut node, Instant::ZERO);
+        d.pump(&mut node, Instant::ZERO, &mut actions);
         assert_eq!(actions.disconnect, vec![id]);
         let seen = seen.lock().unwrap();
         assert_eq!(

@@ -6,9 +6,9 @@
 
 use crate::NodeEvent;
 use event_listener::Event;
-use flowee_proto::node::{ConnId, HandleId, NodeConfig, RequestError, RequestId};
+use flowee_proto::node::{ConnId, HandleId, NodeConfig, NodeError, RequestError, RequestId};
 use flowee_proto::{Instant, Node, OwnedMessage};
-use flowee_service::{Dispatch, Request, Responder, Service};
+use flowee_service::{Actions, Dispatch, Request, Responder, Service};
 use smol::Async;
 use smol::channel::{Receiver, Sender, TrySendError};
 use smol::future::FutureExt;
@@ -59,6 +59,10 @@ pub(crate) struct Inner {
     pub(crate) node: Node,
     pub(crate) dispatch: Dispatch,
     conns: BTreeMap<ConnId, Arc<Signal>>,
+    /// Reused by every pump, so steady traffic allocates nothing.
+    actions: Actions,
+    /// The deadline the timer task sleeps until (`None` while it is awake).
+    timer_sleep: Option<Instant>,
 }
 
 /// The shared machinery.
@@ -78,6 +82,8 @@ impl Runtime {
                 node: Node::new(Instant::ZERO, config),
                 dispatch: Dispatch::default(),
                 conns: BTreeMap::new(),
+                actions: Actions::default(),
+                timer_sleep: None,
             }),
             timer: Event::new(),
             epoch: std::time::Instant::now(),
@@ -117,9 +123,23 @@ impl Runtime {
         .detach();
     }
 
-    /// Registers where a handle's messages go.
-    pub(crate) fn set_sink(&self, handle: HandleId, sink: Option<Arc<dyn Service>>) {
-        self.lock().dispatch.set_sink(handle, sink);
+    /// Routes messages of `service` (and `message`, if given) to `handler`.
+    pub(crate) fn handle(
+        &self,
+        service: i32,
+        message: Option<i32>,
+        handler: Arc<dyn Service>,
+    ) -> Result<HandleId, NodeError> {
+        let inner = &mut *self.lock();
+        inner
+            .dispatch
+            .open_sink(&mut inner.node, service, message, Some(handler))
+    }
+
+    /// Stops routing to a handle.
+    pub(crate) fn unhandle(&self, handle: HandleId) -> Result<(), NodeError> {
+        let inner = &mut *self.lock();
+        inner.dispatch.close_sink(&mut inner.node, handle)
     }
 
     /// A stream of the node's events; events that find it full are counted as lost.
@@ -190,35 +210,48 @@ impl Runtime {
 
     /// Drains the node's outputs (calling services), then wakes, closes and opens sockets.
     pub(crate) fn pump(self: &Arc<Self>) {
+        self.pump_except(None);
+    }
+
+    /// [`Runtime::pump`], without waking the task of `serving` (it is about to write).
+    fn pump_except(self: &Arc<Self>, serving: Option<ConnId>) {
         let now = self.now();
-        let mut wake = Vec::new();
-        let connects = {
+        let (connects, wake_timer) = {
             let mut guard = self.lock();
             let inner = &mut *guard;
-            let actions = inner.dispatch.pump(&mut inner.node, now);
-            for id in actions.disconnect {
-                if let Some(s) = inner.conns.get(&id) {
+            inner
+                .dispatch
+                .pump(&mut inner.node, now, &mut inner.actions);
+            // Notifying never blocks, so it is done with the lock held (nothing to collect).
+            for id in &inner.actions.disconnect {
+                if let Some(s) = inner.conns.get(id) {
                     s.disconnect.store(true, Ordering::SeqCst);
-                    wake.push(s.clone());
+                    s.event.notify(usize::MAX);
                 }
             }
-            wake.extend(
-                actions
-                    .wake
-                    .iter()
-                    .filter_map(|id| inner.conns.get(id).cloned()),
-            );
-            actions.connect
+            for id in &inner.actions.wake {
+                if Some(*id) == serving {
+                    continue;
+                }
+                if let Some(s) = inner.conns.get(id) {
+                    s.event.notify(usize::MAX);
+                }
+            }
+            let connects: Vec<_> = inner.actions.connect.drain(..).collect();
+            // Wake the timer only if a deadline came before the one it sleeps until.
+            let wake_timer = match (inner.timer_sleep, inner.node.poll_timeout()) {
+                (Some(sleeping), Some(next)) => next < sleeping,
+                _ => false,
+            };
+            (connects, wake_timer)
         };
-        for s in wake {
-            s.event.notify(usize::MAX);
-        }
         for (id, addr) in connects {
             let rt = self.clone();
             self.spawn(async move { rt.connect(id, addr).await });
         }
-        // A new deadline may be earlier than the one the timer sleeps on.
-        self.timer.notify(usize::MAX);
+        if wake_timer {
+            self.timer.notify(usize::MAX);
+        }
     }
 
     async fn connect(self: Arc<Self>, id: ConnId, addr: SocketAddr) {
@@ -250,20 +283,31 @@ impl Runtime {
     }
 
     /// Writes what the node has for `id` without waiting; true if the socket is full.
-    fn flush(&self, id: ConnId, stream: &Async<TcpStream>) -> io::Result<bool> {
+    /// Drains the node's outputs, then writes what it has for `id` without waiting, all under
+    /// one lock. Returns whether the socket is full, and whether more is left to write.
+    fn pump_and_flush(
+        self: &Arc<Self>,
+        id: ConnId,
+        stream: &Async<TcpStream>,
+    ) -> io::Result<(bool, bool)> {
+        self.pump_except(Some(id));
         let mut inner = self.lock();
         for _ in 0..WRITE_BUDGET {
             let Some(data) = inner.node.poll_transmit(id) else {
-                return Ok(false);
+                return Ok((false, false));
             };
             match stream.get_ref().write(data) {
                 Ok(n) => inner.node.consume_transmit(id, n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((true, true)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        let more = inner
+            .node
+            .connection(id)
+            .is_some_and(|c| c.wants_transmit());
+        Ok((false, more))
     }
 
     /// Reads what the socket has, up to the budget, into the node. Returns false at EOF or on
@@ -280,6 +324,10 @@ impl Runtime {
                         let taken = self.input(id, &buf[..n]);
                         // Backpressure: keep what the node did not take.
                         held.extend_from_slice(&buf[taken..n]);
+                        if n < buf.len() {
+                            // Most likely drained: skip the read that would say so.
+                            return true;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -326,20 +374,20 @@ impl Runtime {
                 eof_told = true;
                 self.eof(id);
             }
-            let blocked = match self.flush(id, &stream) {
-                Ok(b) => b,
+            let held_back = !self.offer_held(id, &mut held);
+            // Listen before looking, so a wake-up in between is not lost.
+            event_listener::listener!(signal.event => listener);
+            let (blocked, more) = match self.pump_and_flush(id, &stream) {
+                Ok(state) => state,
                 Err(_) => {
                     self.eof(id);
-                    true
+                    (true, false)
                 }
             };
-            self.pump();
-            let listener = signal.event.listen();
             if signal.disconnect.load(Ordering::SeqCst) {
                 break;
             }
-            let held_back = !self.offer_held(id, &mut held);
-            if !blocked && self.has_transmit(id) {
+            if !blocked && more {
                 continue;
             }
             let readable = async {
@@ -371,20 +419,18 @@ impl Runtime {
         self.pump();
     }
 
-    fn has_transmit(&self, id: ConnId) -> bool {
-        self.lock()
-            .node
-            .connection(id)
-            .is_some_and(|c| c.wants_transmit())
-    }
-
     async fn run_timer(self: Arc<Self>) {
         loop {
             let listener = self.timer.listen();
             if self.stopping.load(Ordering::SeqCst) && self.lock().node.is_empty() {
                 return;
             }
-            let deadline = self.lock().node.poll_timeout();
+            let deadline = {
+                let mut inner = self.lock();
+                let deadline = inner.node.poll_timeout();
+                inner.timer_sleep = Some(deadline.unwrap_or(Instant::MAX));
+                deadline
+            };
             match deadline {
                 Some(at) => {
                     let sleep = async {
@@ -394,6 +440,7 @@ impl Runtime {
                 }
                 None => listener.await,
             }
+            self.lock().timer_sleep = None;
             // Trust the clock, not the timer: only what is due now is handled.
             let now = self.now();
             if deadline.is_some_and(|at| at <= now) {

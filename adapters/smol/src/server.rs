@@ -3,7 +3,7 @@
 use crate::runtime::Runtime;
 use crate::{Events, Replier, Service};
 use event_listener::Event;
-use flowee_proto::node::{BanRecord, ConnId, HandleId, NodeConfig, NodeError, Scope};
+use flowee_proto::node::{BanRecord, ConnId, HandleId, NodeConfig, NodeError};
 use flowee_proto::{Message, Priority, SendError};
 use smol::Async;
 use smol::future::FutureExt;
@@ -70,23 +70,12 @@ impl Server {
         message: Option<i32>,
         handler: impl Service,
     ) -> Result<HandleId, NodeError> {
-        let handle = {
-            let mut inner = self.rt.lock();
-            let handle = inner.node.open_handle(Scope::Node)?;
-            if let Err(e) = inner.node.subscribe(handle, service, message) {
-                let _ = inner.node.close_handle(handle);
-                return Err(e);
-            }
-            handle
-        };
-        self.rt.set_sink(handle, Some(Arc::new(handler)));
-        Ok(handle)
+        self.rt.handle(service, message, Arc::new(handler))
     }
 
     /// Stops routing to a handler registered with [`Server::handle`].
     pub fn unhandle(&self, handle: HandleId) -> Result<(), NodeError> {
-        self.rt.set_sink(handle, None);
-        self.rt.lock().node.close_handle(handle)
+        self.rt.unhandle(handle)
     }
 
     /// Handles every message no service claims (by default they are dropped).

@@ -10,9 +10,9 @@
 
 use crate::NodeEvent;
 use crate::feed::Feed;
-use flowee_proto::node::{ConnId, HandleId, NodeConfig, NodeError, Scope};
+use flowee_proto::node::{ConnId, HandleId, NodeConfig, NodeError};
 use flowee_proto::{Instant, Node, OwnedMessage};
-use flowee_service::{Dispatch, Request, Responder, Service};
+use flowee_service::{Actions, Dispatch, Request, Responder, Service};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -100,6 +100,8 @@ pub(crate) struct Inner {
     /// The deadline the timer thread sleeps until (`Instant::MAX`: none); `None` while it is
     /// awake (it looks at the node again before sleeping).
     timer_sleep: Option<Instant>,
+    /// Reused by every pump, so steady traffic allocates nothing.
+    actions: Actions,
     /// Set by [`Runtime::shutdown`]: no new sockets, connects or threads.
     stopping: bool,
     /// A server takes incoming connections.
@@ -143,6 +145,7 @@ impl Runtime {
                 dispatch: Dispatch::default(),
                 conns: BTreeMap::new(),
                 timer_sleep: None,
+                actions: Actions::default(),
                 stopping: false,
                 accepting: false,
                 connect_error: None,
@@ -191,8 +194,9 @@ impl Runtime {
     /// node's next deadline moved before the one it sleeps on. Runs with the node locked; only
     /// non-blocking calls.
     fn settle(self: &Arc<Self>, inner: &mut Inner, now: Instant) {
+        let mut actions = std::mem::take(&mut inner.actions);
         for _ in 0..SETTLE_ROUNDS {
-            let actions = inner.dispatch.pump(&mut inner.node, now);
+            inner.dispatch.pump(&mut inner.node, now, &mut actions);
             if !actions.disconnect.is_empty() {
                 for id in &actions.disconnect {
                     if let Some(socket) = inner.conns.remove(id) {
@@ -209,7 +213,7 @@ impl Runtime {
                 }
             }
             let mut failed = false;
-            for (id, addr) in actions.connect {
+            for (id, addr) in actions.connect.drain(..) {
                 if inner.stopping {
                     break;
                 }
@@ -227,6 +231,7 @@ impl Runtime {
                 break;
             }
         }
+        inner.actions = actions;
         if let (Some(sleeping), Some(next)) = (inner.timer_sleep, inner.node.poll_timeout()) {
             if next < sleeping {
                 self.timer.notify_one();
@@ -257,19 +262,6 @@ impl Runtime {
     }
 
     /// Opens a node-wide handle subscribed to `service` (and `message`, if given).
-    fn open_handle(
-        inner: &mut Inner,
-        service: i32,
-        message: Option<i32>,
-    ) -> Result<HandleId, NodeError> {
-        let handle = inner.node.open_handle(Scope::Node)?;
-        if let Err(e) = inner.node.subscribe(handle, service, message) {
-            let _ = inner.node.close_handle(handle);
-            return Err(e);
-        }
-        Ok(handle)
-    }
-
     /// Routes `service` (and `message`, if given) to `handler`.
     pub(crate) fn handle(
         &self,
@@ -277,17 +269,16 @@ impl Runtime {
         message: Option<i32>,
         handler: Arc<dyn Service>,
     ) -> Result<HandleId, NodeError> {
-        let mut inner = self.lock();
-        let handle = Self::open_handle(&mut inner, service, message)?;
-        inner.dispatch.set_sink(handle, Some(handler));
-        Ok(handle)
+        let inner = &mut *self.lock();
+        inner
+            .dispatch
+            .open_sink(&mut inner.node, service, message, Some(handler))
     }
 
     /// Stops routing to a handle.
     pub(crate) fn unhandle(&self, handle: HandleId) -> Result<(), NodeError> {
-        let mut inner = self.lock();
-        inner.dispatch.set_sink(handle, None);
-        inner.node.close_handle(handle)
+        let inner = &mut *self.lock();
+        inner.dispatch.close_sink(&mut inner.node, handle)
     }
 
     /// A bounded stream of the messages of `service`, and its handle (to unsubscribe). Ended
@@ -298,15 +289,17 @@ impl Runtime {
     ) -> Result<(HandleId, Feed<OwnedMessage>), NodeError> {
         let (tx, rx) = mpsc::sync_channel(STREAM_CAPACITY);
         let lost = Arc::new(AtomicU64::new(0));
-        let mut inner = self.lock();
-        let handle = Self::open_handle(&mut inner, service, None)?;
-        if !inner.stopping {
-            let sink = ChannelSink {
+        let inner = &mut *self.lock();
+        // Once stopping, no sink: the sender drops here and the feed ends at once.
+        let sink = (!inner.stopping).then(|| {
+            Arc::new(ChannelSink {
                 tx,
                 lost: lost.clone(),
-            };
-            inner.dispatch.set_sink(handle, Some(Arc::new(sink)));
-        }
+            }) as Arc<dyn Service>
+        });
+        let handle = inner
+            .dispatch
+            .open_sink(&mut inner.node, service, None, sink)?;
         Ok((handle, Feed::new(rx, lost)))
     }
 

@@ -9,7 +9,7 @@ use super::config::SequenceDelivery;
 use super::event::ProtocolError;
 use super::queue::Message;
 use crate::frame::{self, Frame};
-use crate::header::{FrameKind, Header};
+use crate::header::{FrameHeader, FrameKind, Header};
 use crate::sequence::{SequenceError, SequenceTracker};
 use crate::storage::ByteStore;
 
@@ -64,6 +64,99 @@ pub(crate) struct Inbox<R, A> {
     /// among deliveries by these counts.
     parsed_count: u64,
     released_count: u64,
+    /// Frames parsed ahead of delivery, consecutive from `start`, so that each frame is
+    /// parsed once: delivery takes its parse from here.
+    heads: Heads,
+}
+
+/// How many parsed frames [`Inbox`] keeps for delivery. Input is parsed ahead only this far
+/// (unless timers need all of it, see [`Inbox::ahead_full`]); a frame past it is parsed again
+/// when delivered.
+pub(crate) const PARSED_AHEAD: usize = 4;
+
+/// A parsed frame in the receive buffer, by offset.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    at: usize,
+    len: usize,
+    header: FrameHeader,
+    header_len: usize,
+}
+
+/// A ring of [`PARSED_AHEAD`] heads (a power of two, so indices wrap with a mask).
+struct Heads {
+    ring: [Head; PARSED_AHEAD],
+    first: usize,
+    count: usize,
+}
+
+const _: () = assert!(PARSED_AHEAD.is_power_of_two());
+
+impl Heads {
+    const MASK: usize = PARSED_AHEAD - 1;
+
+    fn new() -> Self {
+        let empty = Head {
+            at: 0,
+            len: 0,
+            header: FrameHeader::new(0),
+            header_len: 0,
+        };
+        Heads {
+            ring: [empty; PARSED_AHEAD],
+            first: 0,
+            count: 0,
+        }
+    }
+
+    fn front(&self) -> Option<&Head> {
+        (self.count > 0).then(|| &self.ring[self.first])
+    }
+
+    fn back(&self) -> Option<&Head> {
+        (self.count > 0).then(|| &self.ring[(self.first + self.count - 1) & Self::MASK])
+    }
+
+    /// Adds a head unless full.
+    fn push_back(&mut self, head: Head) {
+        if self.count < PARSED_AHEAD {
+            self.ring[(self.first + self.count) & Self::MASK] = head;
+            self.count += 1;
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if self.count > 0 {
+            self.first = (self.first + 1) & Self::MASK;
+            self.count -= 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    fn is_full(&self) -> bool {
+        self.count == PARSED_AHEAD
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Forgets heads of frames before `at` (already delivered).
+    fn drop_before(&mut self, at: usize) {
+        while self.front().is_some_and(|head| head.at < at) {
+            self.pop_front();
+        }
+    }
+
+    /// The buffer's contents moved down by `by` bytes.
+    fn shift_down(&mut self, by: usize) {
+        for i in 0..self.count {
+            self.ring[(self.first + i) & Self::MASK].at -= by;
+        }
+    }
 }
 
 /// Sequence state: the rules, and with reassembly the body being joined.
@@ -145,6 +238,7 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             release: Release::Nothing,
             parsed_count: 0,
             released_count: 0,
+            heads: Heads::new(),
         }
     }
 
@@ -169,6 +263,8 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             return 0;
         }
         if self.end + n > self.rx.capacity() && self.start > 0 {
+            self.heads.drop_before(self.start);
+            self.heads.shift_down(self.start);
             self.rx.bytes_mut().copy_within(self.start..self.end, 0);
             self.parsed -= self.start;
             self.end -= self.start;
@@ -224,6 +320,21 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             self.parsed_count += 1;
         } else if self.start == at {
             self.start = self.parsed;
+            return Some(Ok(effect));
+        }
+        // Keep the parse if the kept ones reach up to this frame (they stay consecutive).
+        let consecutive = match self.heads.back() {
+            Some(back) => back.at + back.len == at,
+            None => self.start == at,
+        };
+        if consecutive {
+            let head = Head {
+                at,
+                len,
+                header: frame.header,
+                header_len: frame.header_bytes.len(),
+            };
+            self.heads.push_back(head);
         }
         Some(Ok(effect))
     }
@@ -249,11 +360,19 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             }
         }
         self.skip_undelivered();
+        self.heads.drop_before(self.start);
         if self.start == self.end {
             self.start = 0;
             self.parsed = 0;
             self.end = 0;
+            self.heads.clear();
         }
+    }
+
+    /// Whether as many frames are parsed ahead of delivery as are kept: parsing more now
+    /// would mean parsing them twice.
+    pub(crate) fn ahead_full(&self) -> bool {
+        self.heads.is_full()
     }
 
     /// Moves `start` past frames that were fully handled when parsed.
@@ -276,11 +395,47 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         }
     }
 
-    fn frame_at_start(&self) -> Option<(FrameKind, usize)> {
+    fn frame_at_start(&mut self) -> Option<(FrameKind, usize)> {
+        let head = self.head()?;
+        Some((head.header.kind(), head.len))
+    }
+
+    /// The frame at `start`: kept from when it arrived, or parsed again.
+    fn head(&mut self) -> Option<Head> {
+        while let Some(head) = self.heads.front() {
+            if head.at == self.start {
+                return Some(*head);
+            }
+            if head.at > self.start {
+                break;
+            }
+            self.heads.pop_front();
+        }
         let bytes = &self.rx.bytes()[self.start..self.parsed];
         let len = frame::peek_len(bytes, false).ok().flatten()?;
         let frame = frame::parse(bytes.get(..len)?).ok()?;
-        Some((frame.header.kind(), len))
+        let head = Head {
+            at: self.start,
+            len,
+            header: frame.header,
+            header_len: frame.header_bytes.len(),
+        };
+        if self.heads.is_empty() {
+            self.heads.push_back(head);
+        }
+        Some(head)
+    }
+
+    /// The frame a [`Head`] describes.
+    fn frame(&self, head: Head) -> Frame<'_> {
+        let bytes = &self.rx.bytes()[head.at..head.at + head.len];
+        let (header_bytes, body) = bytes[2..].split_at(head.header_len);
+        Frame {
+            header: head.header,
+            header_bytes,
+            body,
+            bytes,
+        }
     }
 
     /// The next thing to deliver; what it borrows stays until the next [`Inbox::release`].
@@ -289,13 +444,13 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         if self.start >= self.parsed {
             return None;
         }
-        let (kind, len) = self.frame_at_start()?;
-        let at = self.start;
+        let head = self.head()?;
+        let len = head.len;
         let reassemble = self.delivery == SequenceDelivery::Reassemble;
-        match kind {
+        match head.header.kind() {
             FrameKind::Message => {
                 self.release = Release::Frame(len);
-                let frame = frame::parse(&self.rx.bytes()[at..at + len]).ok()?;
+                let frame = self.frame(head);
                 Some(Delivery::Message(Message {
                     header: frame.message_header(),
                     body: frame.body,
@@ -308,8 +463,8 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
                     body: &self.seq.buf.bytes()[..self.seq.len],
                 }))
             }
-            FrameKind::SequenceStart { last, .. } => self.chunk_step(at, len, true, last),
-            FrameKind::SequenceNext { last } => self.chunk_step(at, len, false, last),
+            FrameKind::SequenceStart { last, .. } => self.chunk_step(head, true, last),
+            FrameKind::SequenceNext { last } => self.chunk_step(head, false, last),
             _ => {
                 // Not reached: `release` leaves only deliverable frames at `start`.
                 self.release = Release::Frame(len);
@@ -318,33 +473,27 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         }
     }
 
-    fn chunk_step(
-        &mut self,
-        at: usize,
-        len: usize,
-        first: bool,
-        last: bool,
-    ) -> Option<Delivery<'_>> {
-        let frame = frame::parse(&self.rx.bytes()[at..at + len]).ok()?;
+    fn chunk_step(&mut self, head: Head, first: bool, last: bool) -> Option<Delivery<'_>> {
+        let len = head.len;
         match self.step {
             0 if first => {
                 self.step = 1;
                 self.walked = 0;
-                let total = u32::try_from(frame.header.sequence_start.unwrap_or(0)).unwrap_or(0);
+                let total = u32::try_from(head.header.sequence_start.unwrap_or(0)).unwrap_or(0);
                 Some(Delivery::SequenceStart {
-                    header: frame.message_header(),
+                    header: self.frame(head).message_header(),
                     total,
                 })
             }
             0 | 1 => {
-                self.walked += frame.body.len() as u64;
+                self.walked += (len - 2 - head.header_len) as u64;
                 if last {
                     self.step = 2;
                 } else {
                     self.step = 0;
                     self.release = Release::Frame(len);
                 }
-                Some(Delivery::SequenceChunk(frame.body))
+                Some(Delivery::SequenceChunk(self.frame(head).body))
             }
             _ => {
                 self.step = 0;
@@ -363,6 +512,7 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
 
     /// Drops everything received (after a local close).
     pub(crate) fn clear(&mut self) {
+        self.heads.clear();
         self.start = 0;
         self.parsed = 0;
         self.end = 0;

@@ -374,7 +374,8 @@ impl<S: Storage> Connection<S> {
     /// Input: bytes from the peer. Returns how many were taken; fewer than offered means the
     /// receive buffer is full of data the application has not polled yet (backpressure): poll
     /// events, then offer the rest again. After the connection closed, everything is taken and
-    /// ignored.
+    /// ignored. Frames are parsed a few ahead of delivery, the rest as events are polled or at
+    /// the next [`Connection::handle_timeout`], so each is parsed once.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> usize {
         let now = self.update_clock(now);
         if self.is_closed() {
@@ -393,7 +394,7 @@ impl<S: Storage> Connection<S> {
             taken += n;
             self.last_busy = now;
             self.stats.bytes_in += n as u64;
-            self.process_input(now);
+            self.process_input(now, false);
             if n == 0 || taken == data.len() || self.is_closed() {
                 break;
             }
@@ -401,13 +402,17 @@ impl<S: Storage> Connection<S> {
         taken
     }
 
-    /// Parses complete frames and applies what they mean.
-    /// Once closed, frames already received are still parsed for delivery, with no other
-    /// effect.
-    fn process_input(&mut self, now: Instant) {
+    /// Parses complete frames and applies what they mean: all of them if `all`, else only as
+    /// far ahead of delivery as the inbox keeps parses (the rest is parsed as the application
+    /// polls events, or at the next timeout). Once closed, frames already received are still
+    /// parsed for delivery, with no other effect.
+    fn process_input(&mut self, now: Instant, all: bool) {
         loop {
             let closed = self.is_closed();
             if !closed && self.notices.capacity() - self.notices.len() <= NOTICE_RESERVE {
+                break;
+            }
+            if !all && self.inbox.ahead_full() {
                 break;
             }
             let Some(result) = self.inbox.parse_next() else {
@@ -482,6 +487,9 @@ impl<S: Storage> Connection<S> {
     /// harmless). Afterwards `poll_timeout` is `None` or later than `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.update_clock(now);
+        // Frames received but not yet parsed (the application has not polled them) count:
+        // a ping among them is not a silent peer.
+        self.process_input(now, true);
         while let Some(timer) = self.timers.pop_expired(now) {
             match timer {
                 Timer::Ping => self.send_ping(now),
@@ -803,7 +811,7 @@ impl<S: Storage> Connection<S> {
     /// Lets go of the last event and parses what backpressure held back.
     fn prepare_event(&mut self) {
         self.inbox.release();
-        self.process_input(self.now);
+        self.process_input(self.now, false);
     }
 
     /// Output: the next event. What it borrows stays valid until the next call. After

@@ -198,6 +198,31 @@ fn server_closes_silent_clients() {
 }
 
 #[test]
+fn a_ping_behind_unpolled_messages_still_counts() {
+    // Input is parsed only a few frames ahead of delivery; a timeout parses the rest first.
+    let (_, mut s) = pair(Config::default());
+    let mut wire = Vec::new();
+    for id in 0..20 {
+        FrameEncoder::new()
+            .encode(&Header::new(1, id), b"body", &mut wire)
+            .unwrap();
+    }
+    wire.extend_from_slice(&PING_FRAME);
+    assert_eq!(s.handle_input(t(100), &wire), wire.len());
+    s.handle_timeout(t(150));
+    assert!(!s.is_closed());
+    // Counted when parsed: the next deadline runs from the timeout that found it.
+    assert_eq!(s.poll_timeout(), Some(t(270)));
+    assert_eq!(take_tx(&mut s), PONG_FRAME);
+    let events = drain(&mut s);
+    assert_eq!(events.len(), 20);
+    assert_eq!(
+        events[19],
+        Ev::Message(Header::new(1, 19), b"body".to_vec())
+    );
+}
+
+#[test]
 fn only_pings_reset_the_server_deadline() {
     let (_, mut s) = pair(Config::default());
     s.handle_input(t(100), &PING_FRAME);
@@ -728,4 +753,102 @@ fn the_release_timer_waits_for_a_full_idle_period() {
     assert!(c.heap_usage().normal_queue > 1 << 20, "idle for 10 ms only");
     c.handle_timeout(Instant::from_millis(3990));
     assert_eq!(c.heap_usage().normal_queue, 0);
+}
+
+/// Input is parsed only a few frames ahead of delivery, the rest as events are polled: in
+/// whatever chunks the bytes come and whenever the application polls (or a timeout comes in
+/// between), it sees the same events as when it takes everything at once.
+#[test]
+fn any_chunking_and_polling_gives_the_same_events() {
+    use quickcheck::{QuickCheck, TestResult};
+
+    fn events(config: Config, wire: &[u8], cuts: &[usize], polls: &[u8]) -> Vec<Ev> {
+        let (_, mut s) = pair(config);
+        let mut seen = Vec::new();
+        let mut rest = wire;
+        let mut i = 0;
+        while !rest.is_empty() {
+            let cut = cuts.get(i).map_or(rest.len(), |c| 1 + c % rest.len());
+            let taken = s.handle_input(t(1), &rest[..cut]);
+            rest = &rest[taken..];
+            match polls.get(i).copied().unwrap_or(0) % 4 {
+                // Not at all (unless the buffer is full), one event, all of them, or a timeout.
+                0 if taken > 0 => {}
+                1 if taken > 0 => seen.extend(s.poll_event().map(|e| drain_one(e))),
+                3 if taken > 0 => s.handle_timeout(t(1)),
+                _ => seen.extend(drain(&mut s)),
+            }
+            i += 1;
+        }
+        seen.extend(drain(&mut s));
+        seen
+    }
+
+    fn drain_one(e: Event<'_>) -> Ev {
+        match e {
+            Event::Message(m) => Ev::Message(m.header, m.body.to_vec()),
+            Event::SequenceStart { header, total } => Ev::SeqStart(header, total),
+            Event::SequenceChunk(d) => Ev::SeqChunk(d.len()),
+            Event::SequenceEnd { received } => Ev::SeqEnd(received),
+            Event::Misbehaved {
+                kind,
+                points,
+                score,
+            } => Ev::Misbehaved(kind, points, score),
+            Event::Closed { reason } => Ev::Closed(reason),
+            Event::Connected => Ev::Connected,
+            Event::Pong { rtt } => Ev::Pong(rtt),
+        }
+    }
+
+    fn prop(
+        items: Vec<(u8, u16)>,
+        cuts: Vec<usize>,
+        polls: Vec<u8>,
+        chunks: bool,
+        tail: u8,
+    ) -> TestResult {
+        let config = Config {
+            receive_buffer: core::num::NonZeroUsize::new(20_000).unwrap(),
+            sequence_delivery: if chunks {
+                SequenceDelivery::Chunks
+            } else {
+                SequenceDelivery::Reassemble
+            },
+            ..Config::default()
+        };
+        let encoder = FrameEncoder::with_chunk_size(1000);
+        let mut wire = Vec::new();
+        for (i, &(kind, len)) in items.iter().take(40).enumerate() {
+            let body: Vec<u8> = (0..usize::from(len)).map(|b| b as u8).collect();
+            let header = Header::new(1, i as i32);
+            match kind % 5 {
+                0 => wire.extend_from_slice(&PING_FRAME),
+                // A sequence of several chunks.
+                1 => {
+                    let body = &body[..body.len().min(5000)];
+                    encoder.encode(&header, body, &mut wire).unwrap();
+                }
+                _ => {
+                    let body = &body[..body.len() % 300];
+                    encoder.encode(&header, body, &mut wire).unwrap();
+                }
+            }
+        }
+        // Sometimes the stream ends in a protocol error.
+        match tail % 3 {
+            0 => wire.extend_from_slice(&[0x29, 0x23]),
+            1 => wire.extend_from_slice(&[0x06, 0x00, 0x08, 0x01, 0x10, 0x01]),
+            _ => {}
+        }
+        let whole = events(config, &wire, &[], &[]);
+        let pieces = events(config, &wire, &cuts, &polls);
+        if whole != pieces {
+            return TestResult::error(format!("at once {whole:?}\nin pieces {pieces:?}"));
+        }
+        TestResult::passed()
+    }
+    QuickCheck::new()
+        .tests(300)
+        .quickcheck(prop as fn(Vec<(u8, u16)>, Vec<usize>, Vec<u8>, bool, u8) -> TestResult);
 }

@@ -1,7 +1,7 @@
 //! Frame writer: the C++ byte order for messages and sequence chunks (spec §2.3, §3.3, §4.1).
 
 use super::{CHUNK_SIZE, MAX_FRAME_LEN};
-use crate::cmf::{CapacityError, Sink, Token, Value, encoded_len, varint};
+use crate::cmf::{CapacityError, Sink, varint};
 use crate::header::{Header, SYSTEM_SERVICE, tags};
 use core::fmt;
 
@@ -138,9 +138,21 @@ fn encode_header(header: &Header, chunk: Chunk, out: &mut [u8]) -> usize {
     n + 1
 }
 
+/// Bytes an int takes the way [`put_int`] writes it.
+#[inline]
+fn int_len(tag: u32, v: i32) -> usize {
+    let tag_len = if tag <= 30 {
+        1
+    } else {
+        1 + varint::encoded_len(u64::from(tag))
+    };
+    tag_len + varint::encoded_len(u64::from(v.unsigned_abs()))
+}
+
 /// Length of the header of `chunk`, without writing it.
+#[inline]
 fn header_len(header: &Header, chunk: Chunk) -> usize {
-    let int = |tag: u32, v: i32| encoded_len(&Token::new(tag, Value::from(v)));
+    let int = int_len;
     let mut n = int(tags::SERVICE_ID, header.service_id) + 1;
     match chunk {
         Chunk::Single | Chunk::First { .. } => {
@@ -163,13 +175,34 @@ fn header_len(header: &Header, chunk: Chunk) -> usize {
 /// Writes one frame: length, the header for `chunk`, and `body` (at most [`CHUNK_SIZE`] bytes,
 /// which keeps every frame within [`MAX_FRAME_LEN`]). Returns the frame's length. The header
 /// must have passed [`FrameEncoder::check`].
+#[inline]
 pub fn write_chunk<S: Sink>(
     header: &Header,
     chunk: Chunk,
     body: &[u8],
     out: &mut S,
 ) -> Result<usize, CapacityError> {
-    let mut head = [0u8; 2 + MAX_HEADER_LEN];
+    // Most headers carry a few custom ints at most: encode those in a smaller scratch buffer.
+    if header.ints.len() <= SMALL_HEADER_INTS {
+        write_chunk_with::<{ 2 + SMALL_HEADER_LEN }, S>(header, chunk, body, out)
+    } else {
+        write_chunk_with::<{ 2 + MAX_HEADER_LEN }, S>(header, chunk, body, out)
+    }
+}
+
+/// Custom ints that fit [`SMALL_HEADER_LEN`].
+const SMALL_HEADER_INTS: usize = 4;
+/// Longest header with at most [`SMALL_HEADER_INTS`] custom ints.
+const SMALL_HEADER_LEN: usize = 6 + 6 + SMALL_HEADER_INTS * 11 + 6 + 1 + 1;
+
+#[inline(always)]
+fn write_chunk_with<const N: usize, S: Sink>(
+    header: &Header,
+    chunk: Chunk,
+    body: &[u8],
+    out: &mut S,
+) -> Result<usize, CapacityError> {
+    let mut head = [0u8; N];
     let hlen = encode_header(header, chunk, &mut head[2..]);
     let len = 2 + hlen + body.len();
     debug_assert!(body.len() <= CHUNK_SIZE && len <= MAX_FRAME_LEN);

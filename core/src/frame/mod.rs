@@ -46,7 +46,7 @@ pub struct Frame<'a> {
 impl Frame<'_> {
     /// The custom header ints (tags ≥ 10).
     pub fn ints(&self) -> HeaderInts {
-        if self.header.int_count == 0 {
+        if self.header.int_count() == 0 {
             HeaderInts::new()
         } else {
             header::ints(self.header_bytes)

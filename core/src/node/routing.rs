@@ -63,7 +63,13 @@ impl HandleSet {
 
     /// The [`HandleId::index`] of each handle in the set.
     pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..MAX_HANDLES).filter(|i| self.bits & (1 << i) != 0)
+        // Only the set bits: this runs for every message delivered.
+        let mut bits = self.bits;
+        core::iter::from_fn(move || {
+            let i = bits.trailing_zeros();
+            bits &= bits.wrapping_sub(1);
+            (i < 64).then_some(i as usize)
+        })
     }
 
     fn insert(&mut self, index: u8) {
@@ -243,6 +249,16 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handle_set_lists_its_members() {
+        let mut set = HandleSet::default();
+        assert_eq!(set.indices().count(), 0);
+        for i in [63u8, 0, 5] {
+            set.insert(i);
+        }
+        assert!(set.indices().eq([0, 5, 63]));
+    }
 
     #[test]
     fn routes_by_service_message_and_scope() {

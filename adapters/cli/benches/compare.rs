@@ -1,0 +1,256 @@
+//! Side-by-side comparison, in one run on one machine, of the same workloads through:
+//!
+//! - **flowee**: `flowee-cli serve --echo` (the smol server, its own process) and the smol
+//!   client of `flowee-cli bench` (this process);
+//! - **tokio-util**: a tokio + tokio-util `LengthDelimitedCodec` echo server and client, each on
+//!   its own current-thread runtime and thread (the Rust user's usual choice);
+//! - **raw TCP**: a blocking ping-pong of 100-byte buffers, each end on its own thread (for
+//!   round trips: the floor any protocol stack sits on).
+//!
+//! Every end has its own thread, TCP_NODELAY is on, and each figure is the median of five
+//! runs. It prints each figure and the ratio flowee / baseline.
+//!
+//! ```text
+//! cargo bench -p flowee-cli --bench compare
+//! FLOWEE_BENCH_SCALE=0.1 cargo bench -p flowee-cli --bench compare   # a quick look
+//! ```
+
+use bytes::Bytes;
+use flowee_cli::bench::{Adapter, Bench, Outcome};
+use futures_util::{SinkExt, StreamExt};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+const RUNS: usize = 5;
+
+#[global_allocator]
+static ALLOC: flowee_sim::counting::Counting = flowee_sim::counting::Counting;
+
+fn main() {
+    let scale: f64 = std::env::var("FLOWEE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let n = |count: u64| ((count as f64 * scale) as u64).max(1);
+    let server = common::Server::start(&["--echo"]);
+    println!("flowee-cli bench compare: median of {RUNS} runs\n");
+    println!("| workload | flowee | tokio-util | raw TCP | flowee / baseline |");
+    println!("|---|---|---|---|---|");
+
+    let small = n(1_000_000);
+    let before = flowee_sim::counting::allocations();
+    let ours = median(|| flowee_throughput(server.addr, small, 100, 500));
+    let per_message =
+        (flowee_sim::counting::allocations() - before) as f64 / (small * RUNS as u64) as f64;
+    let theirs = median(|| tokio_throughput(small, 100, 500));
+    println!(
+        "| {small} × 100 B echo, 500 in flight (msgs/s) | {} | {} | | {:.2}× tokio-util |",
+        millions(ours),
+        millions(theirs),
+        ours / theirs
+    );
+
+    let large = n(200);
+    let ours = median(|| flowee_throughput(server.addr, large, 1 << 20, 16) * (1 << 20) as f64);
+    let theirs = median(|| tokio_throughput(large, 1 << 20, 16) * (1 << 20) as f64);
+    println!(
+        "| {large} × 1 MiB echo, 16 in flight (bytes/s) | {:.2} GB/s | {:.2} GB/s | | {:.2}× tokio-util |",
+        ours / 1e9,
+        theirs / 1e9,
+        ours / theirs
+    );
+
+    let trips = n(20_000);
+    let (ours_median, ours_p99) = median2(|| flowee_round_trip(server.addr, trips));
+    let (raw_median, raw_p99) = median2(|| raw_round_trip(trips));
+    println!(
+        "| {trips} × 100 B round trip, median (p99) | {:.1} µs ({:.1}) | | {:.1} µs ({:.1}) | {:.2}× raw TCP |",
+        ours_median,
+        ours_p99,
+        raw_median,
+        raw_p99,
+        ours_median / raw_median
+    );
+    println!(
+        "\nflowee client heap allocations per 100 B message echoed (connect and setup included): \
+         {per_message:.4}"
+    );
+}
+
+fn millions(per_s: f64) -> String {
+    format!("{:.2} M", per_s / 1e6)
+}
+
+fn median(mut run: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..RUNS).map(|_| run()).collect();
+    v.sort_by(f64::total_cmp);
+    v[RUNS / 2]
+}
+
+fn median2(mut run: impl FnMut() -> (f64, f64)) -> (f64, f64) {
+    let runs: Vec<(f64, f64)> = (0..RUNS).map(|_| run()).collect();
+    let pick = |f: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[RUNS / 2]
+    };
+    (pick(|r| r.0), pick(|r| r.1))
+}
+
+// -----------------------------------------------------------------------------------------
+// flowee: `flowee-cli serve --echo` in its own process (started as the tests start it), the
+// `bench` client here
+
+fn flowee(addr: SocketAddr, bench: &Bench) -> Outcome {
+    smol::block_on(flowee_cli::bench::run_smol(&addr.to_string(), bench)).expect("bench runs")
+}
+
+/// Messages per second.
+fn flowee_throughput(addr: SocketAddr, count: u64, size: usize, window: usize) -> f64 {
+    let bench = Bench {
+        count,
+        size,
+        window,
+        latency: false,
+        adapter: Adapter::Smol,
+        timeout: Duration::from_secs(600),
+    };
+    match flowee(addr, &bench) {
+        Outcome::Throughput(t) => t.msgs_per_s(),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+/// Median and p99 round trip in µs.
+fn flowee_round_trip(addr: SocketAddr, count: u64) -> (f64, f64) {
+    let bench = Bench {
+        count,
+        size: 100,
+        window: 1,
+        latency: true,
+        adapter: Adapter::Smol,
+        timeout: Duration::from_secs(600),
+    };
+    match flowee(addr, &bench) {
+        Outcome::Latency(l) => (
+            l.quantile(0.5).as_secs_f64() * 1e6,
+            l.quantile(0.99).as_secs_f64() * 1e6,
+        ),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// tokio-util: LengthDelimitedCodec echo
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(2 << 20)
+        .new_codec()
+}
+
+/// Messages per second through a tokio-util echo, `window` in flight.
+fn tokio_throughput(count: u64, size: usize, window: usize) -> f64 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            socket.set_nodelay(true).unwrap();
+            let (r, w) = socket.into_split();
+            let mut read = FramedRead::new(r, codec());
+            let mut write = FramedWrite::new(w, codec());
+            // Echo each frame; `send_all` flushes whenever the input runs dry.
+            let mut frames = (&mut read).map(|f| f.map(|b| b.freeze()));
+            let _ = write.send_all(&mut frames).await;
+        })
+    });
+    let body = Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>());
+    let elapsed = runtime().block_on(async move {
+        let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket.set_nodelay(true).unwrap();
+        let (r, w) = socket.into_split();
+        let mut read = FramedRead::new(r, codec());
+        let mut write = FramedWrite::new(w, codec());
+        let permits = Arc::new(tokio::sync::Semaphore::new(window));
+        let start = Instant::now();
+        let sender = {
+            let permits = permits.clone();
+            let body = body.clone();
+            async move {
+                for _ in 0..count {
+                    if permits.available_permits() == 0 {
+                        SinkExt::<Bytes>::flush(&mut write).await.unwrap();
+                    }
+                    permits.acquire().await.unwrap().forget();
+                    write.feed(body.clone()).await.unwrap();
+                }
+                SinkExt::<Bytes>::flush(&mut write).await.unwrap();
+                write
+            }
+        };
+        let receiver = async {
+            for _ in 0..count {
+                let frame = read.next().await.unwrap().unwrap();
+                assert_eq!(frame.len(), size);
+                permits.add_permits(1);
+            }
+        };
+        let (write, ()) = tokio::join!(sender, receiver);
+        let elapsed = start.elapsed();
+        drop(write);
+        elapsed
+    });
+    server.join().unwrap();
+    count as f64 / elapsed.as_secs_f64()
+}
+
+// -----------------------------------------------------------------------------------------
+// raw TCP: blocking 100-byte ping-pong
+
+/// Median and p99 round trip in µs.
+fn raw_round_trip(count: u64) -> (f64, f64) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 100];
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    let out: Vec<u8> = (0..100).map(|i| i as u8).collect();
+    let mut back = [0u8; 100];
+    let mut rtts = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let t = Instant::now();
+        c.write_all(&out).unwrap();
+        c.read_exact(&mut back).unwrap();
+        rtts.push(t.elapsed());
+    }
+    drop(c);
+    server.join().unwrap();
+    rtts.sort_unstable();
+    let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+    (at(0.5), at(0.99))
+}

@@ -1,0 +1,333 @@
+//! `bench`: echo throughput and round-trip latency against `flowee-cli serve --echo`, on the
+//! smol or the std adapter.
+//!
+//! Echoes are taken by a [`Service`] on the client (no copy, no allocation per message): in
+//! throughput mode it sends the next message as each echo comes back, keeping `window` in
+//! flight; in latency mode one message is in flight and each round trip is timed.
+
+use crate::net::Failure;
+use event_listener::{Event, Listener};
+use flowee_smol::{Header, Message, NodeConfig, Priority, Request, Responder, Service};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Which adapter a command runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adapter {
+    /// `flowee-smol`.
+    Smol,
+    /// `flowee-std`.
+    Std,
+}
+
+impl std::str::FromStr for Adapter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "smol" => Ok(Adapter::Smol),
+            "std" => Ok(Adapter::Std),
+            _ => Err(format!("unknown adapter {s:?} (smol or std)")),
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Bench {
+    /// Messages to echo.
+    pub count: u64,
+    /// Body size in bytes.
+    pub size: usize,
+    /// Messages in flight (throughput mode).
+    pub window: usize,
+    /// Time single round trips instead.
+    pub latency: bool,
+    /// The client's adapter.
+    pub adapter: Adapter,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+/// Echo throughput: `msgs_per_s=… MB_per_s=…` (MB of bodies, one way, 10^6 bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct Throughput {
+    /// Messages echoed.
+    pub messages: u64,
+    /// Body bytes echoed.
+    pub bytes: u64,
+    /// From the first send to the last echo.
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    /// Messages per second.
+    pub fn msgs_per_s(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Body megabytes (10^6 bytes) per second, one way.
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl fmt::Display for Throughput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "msgs_per_s={:.0} MB_per_s={:.1}",
+            self.msgs_per_s(),
+            self.mb_per_s()
+        )
+    }
+}
+
+/// Round trips: `median_us=… p99_us=…`.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    /// Every round trip, sorted.
+    pub sorted: Vec<Duration>,
+}
+
+impl Latency {
+    /// The round trip at quantile `q` (0..=1).
+    pub fn quantile(&self, q: f64) -> Duration {
+        let last = self.sorted.len().saturating_sub(1);
+        self.sorted
+            .get(((last as f64) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        write!(
+            f,
+            "median_us={:.1} p99_us={:.1}",
+            us(self.quantile(0.5)),
+            us(self.quantile(0.99))
+        )
+    }
+}
+
+/// What a run measured.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// Throughput mode.
+    Throughput(Throughput),
+    /// Latency mode.
+    Latency(Latency),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Throughput(t) => t.fmt(f),
+            Outcome::Latency(l) => l.fmt(f),
+        }
+    }
+}
+
+/// The service id the benchmark's messages use (the echo server sends anything back).
+pub const BENCH_SERVICE: i32 = 100;
+
+/// State shared by the client's echo handler and the code waiting for it.
+struct Echoes {
+    header: Header,
+    body: Vec<u8>,
+    count: u64,
+    latency: bool,
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// Echoes whose body was not what was sent.
+    wrong: AtomicU64,
+    done: AtomicBool,
+    finished: Event,
+    /// Latency mode: when the message in flight left, and the round trips so far.
+    timing: Mutex<(Instant, Vec<Duration>)>,
+}
+
+impl Echoes {
+    fn new(bench: &Bench) -> Arc<Echoes> {
+        let count = bench.count;
+        Arc::new(Echoes {
+            header: Header::new(BENCH_SERVICE, 1),
+            body: (0..bench.size).map(|i| i as u8).collect(),
+            count,
+            latency: bench.latency,
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            wrong: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+            finished: Event::new(),
+            timing: Mutex::new((
+                Instant::now(),
+                Vec::with_capacity(if bench.latency { count as usize } else { 0 }),
+            )),
+        })
+    }
+
+    fn message(&self) -> Message<'_> {
+        Message::new(self.header, &self.body)
+    }
+
+    /// How many to send before the first echo.
+    fn initial(&self, window: usize) -> u64 {
+        if self.latency {
+            1
+        } else {
+            (window as u64).min(self.count)
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.finished.notify(usize::MAX);
+    }
+
+    fn outcome(&self, elapsed: Duration) -> Result<Outcome, Failure> {
+        let wrong = self.wrong.load(Ordering::SeqCst);
+        if wrong > 0 {
+            return Err(Failure(format!("{wrong} echoes differ from what was sent")));
+        }
+        let received = self.received.load(Ordering::SeqCst);
+        if received < self.count {
+            return Err(Failure(format!(
+                "timed out: {received} of {} echoes came back",
+                self.count
+            )));
+        }
+        if self.latency {
+            let mut timing = self.timing.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut sorted = std::mem::take(&mut timing.1);
+            sorted.sort_unstable();
+            Ok(Outcome::Latency(Latency { sorted }))
+        } else {
+            Ok(Outcome::Throughput(Throughput {
+                messages: received,
+                bytes: received * self.body.len() as u64,
+                elapsed,
+            }))
+        }
+    }
+}
+
+/// The client's handler for the echoes.
+struct EchoHandler(Arc<Echoes>);
+
+impl Service for EchoHandler {
+    fn call(&self, request: &Request<'_>, out: &mut Responder<'_>) {
+        let e = &*self.0;
+        let body = request.message.body;
+        // Length and both ends: enough to catch a wrong or cut message at no cost per byte.
+        let intact = body.len() == e.body.len()
+            && body.first() == e.body.first()
+            && body.last() == e.body.last();
+        if !intact {
+            e.wrong.fetch_add(1, Ordering::Relaxed);
+        }
+        if e.latency {
+            let mut timing = e.timing.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            let rtt = now - timing.0;
+            timing.1.push(rtt);
+            timing.0 = now;
+        }
+        let received = e.received.fetch_add(1, Ordering::Relaxed) + 1;
+        if e.sent.load(Ordering::Relaxed) < e.count && out.reply(e.message()).is_ok() {
+            e.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if received >= e.count {
+            e.finish();
+        }
+    }
+}
+
+fn bench_config() -> NodeConfig {
+    let mut config = NodeConfig::default();
+    // A benchmark run must not be cut short by a ping deadline on a busy machine.
+    config.connection.ping_interval = Duration::from_secs(30);
+    config
+}
+
+/// `bench` on the smol adapter.
+pub async fn run_smol(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
+    use smol::future::FutureExt;
+    let client = flowee_smol::Client::connect(addr, bench_config())
+        .await
+        .map_err(|e| Failure(format!("cannot connect to {addr}: {e}")))?;
+    let (echoes, start) = start(
+        bench,
+        |handler| client.handle(BENCH_SERVICE, None, handler),
+        |m| client.send(m, Priority::Normal).map_err(|e| e.to_string()),
+    )?;
+    let finished = async {
+        while !echoes.done.load(Ordering::SeqCst) {
+            let listener = echoes.finished.listen();
+            if echoes.done.load(Ordering::SeqCst) {
+                break;
+            }
+            listener.await;
+        }
+    };
+    finished
+        .or(async {
+            smol::Timer::after(bench.timeout).await;
+        })
+        .await;
+    let elapsed = start.elapsed();
+    client.close().await;
+    echoes.outcome(elapsed)
+}
+
+/// `bench` on the std adapter.
+pub fn run_std(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
+    let client = flowee_std::Client::connect(addr, bench_config())
+        .map_err(|e| Failure(format!("cannot connect to {addr}: {e}")))?;
+    let (echoes, start) = start(
+        bench,
+        |handler| client.handle(BENCH_SERVICE, None, handler),
+        |m| client.send(m, Priority::Normal).map_err(|e| e.to_string()),
+    )?;
+    let deadline = start + bench.timeout;
+    while !echoes.done.load(Ordering::SeqCst) {
+        let listener = echoes.finished.listen();
+        if echoes.done.load(Ordering::SeqCst) || listener.wait_deadline(deadline).is_none() {
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    client.close();
+    echoes.outcome(elapsed)
+}
+
+/// Registers the echo handler, then sends the first window (one message in latency mode);
+/// returns the shared state and when the run started.
+fn start<T, E: std::fmt::Display>(
+    bench: &Bench,
+    handle: impl FnOnce(EchoHandler) -> Result<T, E>,
+    mut send: impl FnMut(Message<'_>) -> Result<(), String>,
+) -> Result<(Arc<Echoes>, Instant), Failure> {
+    let echoes = Echoes::new(bench);
+    handle(EchoHandler(echoes.clone())).map_err(|e| Failure(e.to_string()))?;
+    let start = Instant::now();
+    if bench.count == 0 {
+        echoes.finish();
+        return Ok((echoes, start));
+    }
+    echoes
+        .timing
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .0 = Instant::now();
+    for _ in 0..echoes.initial(bench.window) {
+        // Count first: an echo may come back before `send` returns.
+        echoes.sent.fetch_add(1, Ordering::SeqCst);
+        send(echoes.message()).map_err(|e| Failure(format!("cannot send: {e}")))?;
+    }
+    Ok((echoes, start))
+}
