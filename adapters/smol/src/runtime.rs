@@ -55,6 +55,17 @@ struct Signal {
     disconnect: AtomicBool,
 }
 
+/// The signal of a connection the node just made live, registered under the same lock, so a
+/// disconnect the node decides before the connection's task starts is not lost.
+fn register(inner: &mut Inner, id: ConnId) -> Arc<Signal> {
+    let signal = Arc::new(Signal {
+        event: Event::new(),
+        disconnect: AtomicBool::new(false),
+    });
+    inner.conns.insert(id, signal.clone());
+    signal
+}
+
 pub(crate) struct Inner {
     pub(crate) node: Node,
     pub(crate) dispatch: Dispatch,
@@ -194,13 +205,13 @@ impl Runtime {
                 Err(reason) => NodeEvent::Refused { peer, reason },
             };
             inner.dispatch.emit(&event);
-            result
+            result.map(|id| (id, register(&mut inner, id)))
         };
         match accepted {
-            Ok(id) => {
+            Ok((id, signal)) => {
                 let _ = stream.get_ref().set_nodelay(true);
                 let rt = self.clone();
-                self.spawn(async move { rt.run_connection(id, stream).await });
+                self.spawn(async move { rt.run_connection(id, stream, signal).await });
                 self.pump();
                 true
             }
@@ -265,15 +276,16 @@ impl Runtime {
         match attempt {
             Ok(stream) => {
                 let _ = stream.get_ref().set_nodelay(true);
-                {
+                let signal = {
                     let mut inner = self.lock();
                     if inner.node.handle_connected(now, id).is_err() {
                         return;
                     }
                     inner.dispatch.add_peer(id, addr);
-                }
+                    register(&mut inner, id)
+                };
                 let rt = self.clone();
-                self.spawn(async move { rt.run_connection(id, stream).await });
+                self.spawn(async move { rt.run_connection(id, stream, signal).await });
             }
             Err(_) => {
                 let _ = self.lock().node.handle_connect_failed(now, id);
@@ -359,12 +371,12 @@ impl Runtime {
         held.is_empty()
     }
 
-    async fn run_connection(self: Arc<Self>, id: ConnId, stream: Async<TcpStream>) {
-        let signal = Arc::new(Signal {
-            event: Event::new(),
-            disconnect: AtomicBool::new(false),
-        });
-        self.lock().conns.insert(id, signal.clone());
+    async fn run_connection(
+        self: Arc<Self>,
+        id: ConnId,
+        stream: Async<TcpStream>,
+        signal: Arc<Signal>,
+    ) {
         let mut held = Vec::new();
         let mut open = true;
         let mut eof_told = false;
