@@ -82,8 +82,9 @@ pub async fn serve(
     let server = Server::bind(listen, config)
         .await
         .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
-    install_services!(server, echo_all);
+    // Listen to events before saying where it listens, so no connection's open goes unlogged.
     let mut events = server.events();
+    install_services!(server, echo_all);
     let log = async {
         while let Some(e) = events.next().await {
             log_event(&e);
@@ -104,8 +105,8 @@ pub fn serve_std(
 ) -> Result<(), Failure> {
     let server = flowee_std::Server::bind(listen, config)
         .map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
-    install_services!(server, echo_all);
     let events = server.events();
+    install_services!(server, echo_all);
     let log = std::thread::spawn(move || {
         for e in events {
             log_event(&e);
