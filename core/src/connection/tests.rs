@@ -27,22 +27,26 @@ enum Ev {
 fn drain<S: Storage>(c: &mut Connection<S>) -> Vec<Ev> {
     let mut out = Vec::new();
     while let Some(e) = c.poll_event() {
-        out.push(match e {
-            Event::Connected => Ev::Connected,
-            Event::Message(m) => Ev::Message(m.header, m.body.to_vec()),
-            Event::SequenceStart { header, total } => Ev::SeqStart(header, total),
-            Event::SequenceChunk(d) => Ev::SeqChunk(d.len()),
-            Event::SequenceEnd { received } => Ev::SeqEnd(received),
-            Event::Pong { rtt } => Ev::Pong(rtt),
-            Event::Misbehaved {
-                kind,
-                points,
-                score,
-            } => Ev::Misbehaved(kind, points, score),
-            Event::Closed { reason } => Ev::Closed(reason),
-        });
+        out.push(owned(e));
     }
     out
+}
+
+fn owned(e: Event<'_>) -> Ev {
+    match e {
+        Event::Connected => Ev::Connected,
+        Event::Message(m) => Ev::Message(m.header, m.body.to_vec()),
+        Event::SequenceStart { header, total } => Ev::SeqStart(header, total),
+        Event::SequenceChunk(d) => Ev::SeqChunk(d.len()),
+        Event::SequenceEnd { received } => Ev::SeqEnd(received),
+        Event::Pong { rtt } => Ev::Pong(rtt),
+        Event::Misbehaved {
+            kind,
+            points,
+            score,
+        } => Ev::Misbehaved(kind, points, score),
+        Event::Closed { reason } => Ev::Closed(reason),
+    }
 }
 
 /// Everything `from` wants to send, written in one go.
@@ -774,7 +778,7 @@ fn any_chunking_and_polling_gives_the_same_events() {
             match polls.get(i).copied().unwrap_or(0) % 4 {
                 // Not at all (unless the buffer is full), one event, all of them, or a timeout.
                 0 if taken > 0 => {}
-                1 if taken > 0 => seen.extend(s.poll_event().map(|e| drain_one(e))),
+                1 if taken > 0 => seen.extend(s.poll_event().map(owned)),
                 3 if taken > 0 => s.handle_timeout(t(1)),
                 _ => seen.extend(drain(&mut s)),
             }
@@ -782,23 +786,6 @@ fn any_chunking_and_polling_gives_the_same_events() {
         }
         seen.extend(drain(&mut s));
         seen
-    }
-
-    fn drain_one(e: Event<'_>) -> Ev {
-        match e {
-            Event::Message(m) => Ev::Message(m.header, m.body.to_vec()),
-            Event::SequenceStart { header, total } => Ev::SeqStart(header, total),
-            Event::SequenceChunk(d) => Ev::SeqChunk(d.len()),
-            Event::SequenceEnd { received } => Ev::SeqEnd(received),
-            Event::Misbehaved {
-                kind,
-                points,
-                score,
-            } => Ev::Misbehaved(kind, points, score),
-            Event::Closed { reason } => Ev::Closed(reason),
-            Event::Connected => Ev::Connected,
-            Event::Pong { rtt } => Ev::Pong(rtt),
-        }
     }
 
     fn prop(
