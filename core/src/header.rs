@@ -467,7 +467,8 @@ pub fn parse(data: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
             }
             at += 2;
         }
-        let Some(service_id) = service_id else {
+        // Past the bound, the general parser gives the error.
+        let (Some(service_id), true) = (service_id, usize::from(count) <= MAX_HEADER_INTS) else {
             break 'ordinary;
         };
         return Ok((
@@ -569,7 +570,7 @@ impl Parsing {
     }
 }
 
-/// The custom header ints of a header that [`parse`] accepted/// The custom header ints of a header that [`parse`] accepted (first value of a tag wins).
+/// The custom header ints of a header that [`parse`] accepted (first value of a tag wins).
 pub fn ints(header: &[u8]) -> HeaderInts {
     let mut ints = HeaderInts::new();
     for token in Reader::new(header).map_while(Result::ok) {
@@ -610,16 +611,30 @@ mod tests {
 
     fn header_like(g: &mut Gen) -> Vec<u8> {
         let mut out = Vec::new();
-        for _ in 0..usize::arbitrary(g) % 8 {
-            let tag = *g
-                .choose(&[0u8, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 30, 31])
-                .unwrap();
-            let ty = *g.choose(&[0u8, 0, 1, 4, 5, 2, 6, 7]).unwrap();
+        // Often a header the fast path takes whole: short tags, types 0 and 1, small values.
+        let ordinary = bool::arbitrary(g);
+        if ordinary {
+            out.extend_from_slice(&[0x08, 0x03]);
+        }
+        // Up to 24 tokens, so more than MAX_HEADER_INTS distinct short custom tags happen.
+        for _ in 0..usize::arbitrary(g) % 25 {
+            let tag = if ordinary || bool::arbitrary(g) {
+                10 + u8::arbitrary(g) % 21
+            } else {
+                *g.choose(&[0u8, 1, 2, 3, 4, 5, 6, 9, 31]).unwrap()
+            };
+            let ty = if ordinary {
+                u8::arbitrary(g) % 2
+            } else {
+                *g.choose(&[0u8, 0, 1, 4, 5, 2, 6, 7]).unwrap()
+            };
             out.push(tag.min(31) << 3 | ty);
             if tag == 31 {
                 out.push(*g.choose(&[0x05u8, 0x0B, 0x80]).unwrap());
             }
-            if ty < 4 {
+            if ordinary {
+                out.push(u8::arbitrary(g) % 0x80);
+            } else if ty < 4 {
                 out.push(*g.choose(&[0u8, 1, 7, 0x7F, 0x80, 0x81]).unwrap());
             }
         }
@@ -750,6 +765,19 @@ mod tests {
             Err(HeaderError::IllegalTag { tag: 9 })
         );
         assert!(matches!(hdr(&[0x08, 0x01, 0x0F]), Err(HeaderError::Cmf(_))));
+        // Our decision (spec §1.4's advice): a negative beyond i32 is not an int here, where
+        // the C++ wraps it (magnitude 2^32 − 1 reads as +1 there).
+        assert_eq!(
+            hdr(&[0x09, 0x8E, 0xFE, 0xFE, 0xFE, 0x7F, 0x04]),
+            Err(HeaderError::NotInt { tag: 1 })
+        );
+        assert_eq!(
+            hdr(&[0x08, 0x01, 0x19, 0x8E, 0xFE, 0xFE, 0xFF, 0x01, 0x04]),
+            Err(HeaderError::NotInt { tag: 3 })
+        );
+        // −2^31 itself is an int.
+        let (h, _) = hdr(&[0x09, 0x86, 0xFE, 0xFE, 0xFF, 0x00, 0x04]).unwrap();
+        assert_eq!(h.service_id, i32::MIN);
     }
 
     #[test]
@@ -763,6 +791,11 @@ mod tests {
         assert_eq!(h.int_count(), 0);
         assert!(ints(&bytes).is_empty());
         assert_eq!(h.service_id, 1);
+        // A custom int beyond i32 (the C++ would keep it wrapped) is ignored, like a string.
+        let bytes = [0x08, 0x01, 0x59, 0x8E, 0xFE, 0xFE, 0xFE, 0x7F, 0x04];
+        let (h, _) = hdr(&bytes).unwrap();
+        assert_eq!(h.int_count(), 0);
+        assert!(ints(&bytes).is_empty());
         // 0xFF_FFFE is kept.
         let bytes = [0x08, 0x01, 0xF8, 0x86, 0xFE, 0xFE, 0x7E, 0x05, 0x04];
         hdr(&bytes).unwrap();
@@ -777,6 +810,19 @@ mod tests {
         }
         v.push(0x04);
         assert_eq!(hdr(&v), Err(HeaderError::TooManyInts));
+        // The same with short tags and one-byte values (the fast path's form): 17 tags 10..=26.
+        let mut v = vec![0x08, 0x01];
+        for tag in 10..10 + MAX_HEADER_INTS as u8 + 1 {
+            v.extend_from_slice(&[tag << 3, 0x01]);
+        }
+        v.push(0x04);
+        assert_eq!(hdr(&v), Err(HeaderError::TooManyInts));
+        v.truncate(v.len() - 3);
+        v.push(0x04);
+        assert_eq!(
+            hdr(&v).map(|(h, _)| usize::from(h.int_count())),
+            Ok(MAX_HEADER_INTS)
+        );
         // Duplicates do not count.
         let mut v = vec![0x08, 0x01];
         for _ in 0..100 {

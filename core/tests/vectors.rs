@@ -208,8 +208,18 @@ fn builder_frames() {
         let name = case["name"].as_str().unwrap();
         let bytes = unhex(case["hex"].as_str().unwrap());
         match name {
-            "ping_builder" => assert_eq!(bytes, PING_FRAME),
-            "pong_builder" => assert_eq!(bytes, PONG_FRAME),
+            "ping_builder" => {
+                assert_eq!(bytes, PING_FRAME);
+                let mut out = Vec::new();
+                FrameEncoder::new().write_ping(&mut out).unwrap();
+                assert_eq!(out, bytes, "{name}: write_ping");
+            }
+            "pong_builder" => {
+                assert_eq!(bytes, PONG_FRAME);
+                let mut out = Vec::new();
+                FrameEncoder::new().write_pong(&mut out).unwrap();
+                assert_eq!(out, bytes, "{name}: write_pong");
+            }
             _ => {}
         }
         assert_eq!(

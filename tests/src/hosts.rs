@@ -51,6 +51,9 @@ pub enum Received {
     },
     /// [`Event::Closed`].
     Closed(CloseReason),
+    /// An event this version of the simulator does not know ([`Event`] is
+    /// `#[non_exhaustive]`), as its `Debug` text. It is never taken for a close.
+    Other(String),
 }
 
 impl From<Event<'_>> for Received {
@@ -75,7 +78,7 @@ impl From<Event<'_>> for Received {
                 score,
             },
             Event::Closed { reason } => Received::Closed(reason),
-            _ => Received::Closed(CloseReason::Local),
+            other => Received::Other(format!("{other:?}")),
         }
     }
 }
@@ -137,6 +140,20 @@ impl<A: App> ConnectionHost<A> {
         ConnectionHost {
             config,
             conn: Some(Connection::connecting(now, config)),
+            socket: None,
+            actions: VecDeque::new(),
+            app,
+            log: Vec::new(),
+            connect_failures: Vec::new(),
+        }
+    }
+
+    /// A client with a connection made by the caller, e.g. one that starts with the messages
+    /// an earlier connection left ([`Connection::with_outbox`]).
+    pub fn client_from(conn: Connection, app: A) -> Self {
+        ConnectionHost {
+            config: *conn.config(),
+            conn: Some(conn),
             socket: None,
             actions: VecDeque::new(),
             app,

@@ -154,7 +154,8 @@ impl Trace {
 /// Why a run stopped early.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SimError {
-    /// Too many steps without the clock moving: something keeps asking to run now.
+    /// Too many steps without the clock moving, or hosts that never stop reacting within one
+    /// step: something keeps asking to run now.
     Livelock {
         /// When.
         at: Instant,
@@ -262,6 +263,12 @@ pub struct Sim {
     pub max_steps: u64,
     /// Steps allowed without the clock moving.
     pub max_steps_at_one_time: u64,
+    /// Rounds one settling (hosts reacting to a step) may take before the run stops with
+    /// [`SimError::Livelock`]: a host that is busy in every round never lets the step end.
+    pub max_settle_rounds: u32,
+    /// Actions one host may ask for in one settling round before the run stops with
+    /// [`SimError::Livelock`] (a host whose [`Host::poll_action`] never runs dry).
+    pub max_actions_per_round: u32,
 }
 
 impl Sim {
@@ -280,6 +287,8 @@ impl Sim {
             steps: 0,
             max_steps: 20_000_000,
             max_steps_at_one_time: 200_000,
+            max_settle_rounds: 1000,
+            max_actions_per_round: 100_000,
         }
     }
 
@@ -447,7 +456,7 @@ impl Sim {
         let mut same_time = 0;
         let budget = self.steps + self.max_steps;
         // Hosts may have work queued before anything happened (a node's first connect).
-        self.settle();
+        self.settle()?;
         loop {
             let before = self.now;
             if !self.step(end)? {
@@ -499,7 +508,7 @@ impl Sim {
         } else if let Some((_, i)) = next_timer {
             self.hosts[i].host.timeout(now);
         }
-        self.settle();
+        self.settle()?;
         Ok(true)
     }
 
@@ -571,15 +580,21 @@ impl Sim {
     }
 
     /// Lets every host react until nothing moves: run applications, apply actions, hand
-    /// unread bytes to hosts, and put what they transmit on the links.
-    fn settle(&mut self) {
-        for _ in 0..1000 {
+    /// unread bytes to hosts, and put what they transmit on the links. Still moving after
+    /// [`Sim::max_settle_rounds`] rounds is a [`SimError::Livelock`].
+    fn settle(&mut self) -> Result<(), SimError> {
+        for _ in 0..self.max_settle_rounds {
             let mut moved = false;
             for h in 0..self.hosts.len() {
                 let name = self.hosts[h].name.clone();
                 self.hosts[h].host.run(self.now, &mut self.trace, &name);
+                let mut actions = 0;
                 while let Some(action) = self.hosts[h].host.poll_action() {
                     moved = true;
+                    actions += 1;
+                    if actions > self.max_actions_per_round {
+                        return Err(SimError::Livelock { at: self.now });
+                    }
                     match action {
                         Action::Connect { to, tag } => self.connect_addr(HostId(h), to, tag),
                         Action::Close(s) => {
@@ -600,9 +615,10 @@ impl Sim {
                 }
             }
             if !moved {
-                return;
+                return Ok(());
             }
         }
+        Err(SimError::Livelock { at: self.now })
     }
 
     /// Offers unread bytes to the socket's host.

@@ -150,35 +150,38 @@ fn run(s: &Scenario) -> Result<(), String> {
     }
     for (to, from_client) in [(server, true), (client, false)] {
         let got = received(&sim.host::<ConnectionHost>(to).log);
-        let expected: Vec<(usize, &Send)> = s
-            .sends
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.from_client == from_client)
-            .collect();
-        if got.len() != expected.len() {
-            return Err(format!(
-                "{} of {} messages arrived",
-                got.len(),
-                expected.len()
-            ));
-        }
+        let direction = if from_client {
+            "client to server"
+        } else {
+            "server to client"
+        };
+        // Every message that arrived must be one sent this way; sort them by priority.
+        let mut got_ids: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
         for (header, b) in &got {
-            let i = header.message_id.unwrap() as usize;
+            let i = header
+                .message_id
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| {
+                    s.sends.get(i).is_some_and(|m| m.from_client == from_client)
+                        && *header == Header::new(5, i as i32)
+                })
+                .ok_or_else(|| format!("{direction}: unexpected message {header:?}"))?;
             if *b != body(i, s.sends[i].len) {
-                return Err(format!("message {i} arrived changed"));
+                return Err(format!("{direction}: message {i} arrived changed"));
             }
+            got_ids[usize::from(s.sends[i].high)].push(i);
         }
+        // Per priority: each message sent exactly once, in the order it was sent.
         for high in [true, false] {
-            let order: Vec<i32> = got
-                .iter()
-                .map(|(h, _)| h.message_id.unwrap())
-                .filter(|&i| s.sends[i as usize].high == high)
+            let mut expected: Vec<usize> = (0..s.sends.len())
+                .filter(|&i| s.sends[i].from_client == from_client && s.sends[i].high == high)
                 .collect();
-            let mut sorted = order.clone();
-            sorted.sort_by_key(|&i| (s.sends[i as usize].at_ms, i));
-            if order != sorted {
-                return Err(format!("out of order (high={high}): {order:?}"));
+            expected.sort_by_key(|&i| (s.sends[i].at_ms, i));
+            let got = &got_ids[usize::from(high)];
+            if *got != expected {
+                return Err(format!(
+                    "{direction} (high={high}): received {got:?}, sent {expected:?}"
+                ));
             }
         }
     }

@@ -152,15 +152,26 @@ fn twenty_megabytes_with_pings_and_messages_in_between() {
             Priority::High,
         )
         .unwrap();
+        // A normal message queued in the middle of the transfer waits its turn (FIFO).
+        c.send(
+            ms(1500),
+            Message::new(Header::new(7, 4), b"queued in the middle"),
+            Priority::Normal,
+        )
+        .unwrap();
     });
     sim.run_until(secs(120)).unwrap();
     let s = sim.host::<ConnectionHost>(server);
     let got = s.messages();
-    assert_eq!(got.len(), 3);
+    assert_eq!(got.len(), 4);
     assert_eq!(got[0], (Header::new(7, 2), b"urgent".to_vec()));
     assert_eq!(got[1].0, Header::new(7, 1));
     assert!(got[1].1 == big, "20 MB body intact");
     assert_eq!(got[2], (Header::new(7, 3), b"after".to_vec()));
+    assert_eq!(
+        got[3],
+        (Header::new(7, 4), b"queued in the middle".to_vec())
+    );
     let done_at = s
         .log
         .iter()
@@ -179,6 +190,25 @@ fn twenty_megabytes_with_pings_and_messages_in_between() {
         pongs_during >= 3,
         "pings went between the chunks ({pongs_during})"
     );
+    // Also after the middle message was queued behind the sequence.
+    let pongs_after_middle = c
+        .log
+        .iter()
+        .filter(|(t, e)| matches!(e, Received::Pong { .. }) && *t > ms(1500) && *t < done_at)
+        .count();
+    assert!(
+        pongs_after_middle >= 3,
+        "pings went between the chunks after 1.5 s ({pongs_after_middle})"
+    );
+    let middle_at = s
+        .log
+        .iter()
+        .find_map(|(t, e)| {
+            matches!(e, Received::Message { header, .. } if *header == Header::new(7, 4))
+                .then_some(*t)
+        })
+        .unwrap();
+    assert!(middle_at >= done_at, "{middle_at:?} before {done_at:?}");
     assert_eq!(c.closed(), None);
     assert_eq!(s.closed(), None);
 }

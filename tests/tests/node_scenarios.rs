@@ -508,3 +508,103 @@ fn a_stale_connection_id_is_refused() {
     assert_eq!(node.len(), 50);
     let _ = (client, cid, late, Scope::Node);
 }
+
+/// A server that accepts, writes one valid frame and closes at once, every time.
+struct Slammer {
+    frame: Vec<u8>,
+    out: BTreeMap<Socket, Vec<u8>>,
+    actions: Vec<Action>,
+    accepted: u32,
+}
+
+impl Host for Slammer {
+    fn accept(&mut self, _: Instant, socket: Socket, _: SocketAddr) -> bool {
+        self.accepted += 1;
+        self.out.insert(socket, self.frame.clone());
+        true
+    }
+    fn connected(&mut self, _: Instant, _: u64, _: Socket) {}
+    fn connect_failed(&mut self, _: Instant, _: u64) {}
+    fn input(&mut self, _: Instant, _: Socket, data: &[u8]) -> usize {
+        data.len()
+    }
+    fn eof(&mut self, _: Instant, socket: Socket) {
+        if self.out.remove(&socket).is_some() {
+            self.actions.push(Action::Close(socket));
+        }
+    }
+    fn transmit(&mut self, socket: Socket) -> Option<&[u8]> {
+        self.out
+            .get(&socket)
+            .filter(|b| !b.is_empty())
+            .map(|b| &b[..])
+    }
+    fn consume(&mut self, socket: Socket, n: usize) {
+        if let Some(b) = self.out.get_mut(&socket) {
+            b.drain(..n);
+            if b.is_empty() {
+                self.out.remove(&socket);
+                self.actions.push(Action::Close(socket));
+            }
+        }
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn timeout(&mut self, _: Instant) {}
+    fn run(&mut self, _: Instant, _: &mut Trace, _: &str) {}
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[test]
+fn a_server_that_accepts_and_drops_at_once_is_not_hammered() {
+    let mut sim = Sim::new(31, LinkModel::default());
+    let mut frame = Vec::new();
+    flowee_proto::frame::FrameEncoder::new()
+        .encode(&Header::new(0, 1), b"hello", &mut frame)
+        .unwrap();
+    let server = sim.add_host(
+        "slammer",
+        Slammer {
+            frame,
+            out: BTreeMap::new(),
+            actions: Vec::new(),
+            accepted: 0,
+        },
+    );
+    let server_addr = sim.addr(server);
+    let mut host = NodeHost::new(sim.now(), NodeConfig::default(), ());
+    let id = host.node.connect(sim.now(), server_addr).unwrap();
+    // Something to write on every connection, so writes complete and frames come in.
+    host.node
+        .send(
+            Instant::ZERO,
+            id,
+            Message::new(Header::new(9, 0), b"queued"),
+            Priority::Normal,
+        )
+        .unwrap();
+    let client = sim.add_host("client", host);
+    sim.run_until(secs(300)).unwrap();
+    let c = sim.host::<NodeHost>(client);
+    let attempts: Vec<u32> = c
+        .log
+        .iter()
+        .filter_map(|(_, o)| match o {
+            NodeReceived::Reconnecting { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    // Backed off 0, 4, 13, 32, 44… s: about ten connections in five minutes.
+    assert!(attempts.len() <= 12, "{attempts:?}");
+    assert_eq!(attempts[..5], [1, 2, 3, 4, 5]);
+    assert!(sim.host::<Slammer>(server).accepted <= 12);
+}

@@ -6,7 +6,7 @@ use flowee_smol::{
     Client, Header, Message, NodeConfig, NodeEvent, Priority, Server, describe_close,
 };
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 struct Transcript(Instant);
@@ -57,13 +57,24 @@ async fn start_server(addr: SocketAddr, t: &Transcript) -> Result<Server, Failur
     Ok(server)
 }
 
-/// A raw TCP connection from 127.0.0.2 that sends `bytes`; returns what came back before
-/// the server closed it.
-fn raw_peer(server: SocketAddr, bytes: &[u8]) -> Result<usize, Failure> {
+/// Where the misbehaving peer connects from: not the client's address, so its ban leaves the
+/// client alone.
+pub const RAW_PEER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// Whether a socket can be bound to `ip` (127.0.0.2 cannot on macOS, for one).
+fn can_bind(ip: Ipv4Addr) -> bool {
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .and_then(|s| s.bind(&SocketAddr::from((ip, 0)).into()))
+        .is_ok()
+}
+
+/// A raw TCP connection from `from` that sends `bytes`; returns what came back before the
+/// server closed it.
+fn raw_peer(from: Ipv4Addr, server: SocketAddr, bytes: &[u8]) -> Result<usize, Failure> {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).map_err(fail)?;
     socket
-        .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .bind(&SocketAddr::from((from, 0)).into())
         .map_err(fail)?;
     socket.connect(&server.into()).map_err(fail)?;
     let mut stream: TcpStream = socket.into();
@@ -78,6 +89,13 @@ fn raw_peer(server: SocketAddr, bytes: &[u8]) -> Result<usize, Failure> {
 
 /// Runs the tour.
 pub async fn demo() -> Result<(), Failure> {
+    demo_from(RAW_PEER).await
+}
+
+/// Runs the tour with the misbehaving peer at `peer`. Where that address cannot be bound,
+/// the peer connects from 127.0.0.1 to a second server instead (so that its ban does not
+/// touch the client), and the transcript says so.
+pub async fn demo_from(peer: Ipv4Addr) -> Result<(), Failure> {
     let t = Transcript(Instant::now());
     println!("flowee-cli demo: a server and a client over loopback\n");
 
@@ -166,14 +184,29 @@ pub async fn demo() -> Result<(), Failure> {
     t.say("waiting 1.3 s for keepalive pings");
     smol::Timer::after(Duration::from_millis(1300)).await;
 
-    // 4. A misbehaving peer: garbage from 127.0.0.2, ten times, earns a ban.
-    t.say("a raw peer at 127.0.0.2 sends an HTTP request instead of frames, ten times");
+    // 4. A misbehaving peer: garbage from another address, ten times, earns a ban.
+    let (from, target, spare) = if can_bind(peer) {
+        t.say(format_args!(
+            "a raw peer at {peer} sends an HTTP request instead of frames, ten times"
+        ));
+        (peer, addr, None)
+    } else {
+        t.say(format_args!(
+            "{peer} cannot be used here, so a raw peer at 127.0.0.1 sends an HTTP request \
+             instead of frames, ten times, to a second server (its ban must not hit the client)"
+        ));
+        let spare = start_server(SocketAddr::from(([127, 0, 0, 1], 0)), &t).await?;
+        (Ipv4Addr::LOCALHOST, spare.local_addr(), Some(spare))
+    };
     for _ in 0..10 {
-        raw_peer(addr, b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n")?;
+        raw_peer(from, target, b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n")?;
     }
-    raw_peer(addr, b"GET / HTTP/1.1\r\n\r\n")?;
+    raw_peer(from, target, b"GET / HTTP/1.1\r\n\r\n")?;
     smol::Timer::after(Duration::from_millis(100)).await;
     t.say("the eleventh connection was refused at accept (see above); the client is unaffected");
+    if let Some(spare) = spare {
+        spare.shutdown().await;
+    }
 
     // 5. A server restart: messages sent while it is down go out after the reconnect.
     let mut echoes = client.subscribe(3).map_err(fail)?;

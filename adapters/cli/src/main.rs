@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use flowee_cli::{bench, demo, json, net};
+use flowee_proto::header::{CUSTOM_TAG_MAX, CUSTOM_TAG_MIN, HeaderInts, tags};
 use serde_json::Value as Json;
 use std::io::Read;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -38,12 +39,14 @@ enum Command {
         /// JSON text, or `-` to read it from stdin.
         json: String,
     },
-    /// Run a server that answers pings (and version requests); stops on SIGINT or SIGTERM.
+    /// Run a server that answers pings and version requests (with --echo: pings, and every
+    /// other message is sent back); stops on SIGINT or SIGTERM.
     Serve {
         /// Address to listen on, e.g. 127.0.0.1:1235.
         #[arg(long)]
         listen: String,
-        /// Send every message back with the same header ints and body.
+        /// Send every message back with the same header ints and body, version requests (0/0)
+        /// included: they are echoed, not answered.
         #[arg(long)]
         echo: bool,
         /// Close clients that do not ping within this many seconds (default: 150 after
@@ -96,7 +99,7 @@ enum Command {
         /// RequestId (header tag 11); the reply is matched by it.
         #[arg(long)]
         request_id: Option<i32>,
-        /// A header int, TAG=INT (tags 10 and up); may be repeated.
+        /// A header int, TAG=INT (tags 10 to 16777214); may be repeated.
         #[arg(long = "header", value_name = "TAG=INT")]
         headers: Vec<String>,
         /// The body as hex.
@@ -141,15 +144,38 @@ fn header_arg(text: &str) -> Result<(u32, i32), String> {
     let (tag, value) = text
         .split_once('=')
         .ok_or_else(|| format!("--header {text:?}: expected TAG=INT"))?;
-    let tag = tag
+    let tag: u32 = tag
         .trim()
         .parse()
         .map_err(|_| format!("--header {text:?}: bad tag"))?;
+    if !(CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX).contains(&tag) {
+        return Err(format!(
+            "--header {text:?}: the tag must be {CUSTOM_TAG_MIN} to {CUSTOM_TAG_MAX} \
+             (lower tags belong to the protocol)"
+        ));
+    }
     let value = value
         .trim()
         .parse()
         .map_err(|_| format!("--header {text:?}: bad int"))?;
+    // The value's own rule (0x7FFF_FFFF is not an int to receivers).
+    HeaderInts::new()
+        .set(tag, value)
+        .map_err(|e| format!("--header {text:?}: {e}"))?;
     Ok((tag, value))
+}
+
+/// Checks that the header ints of a `call` fit in one header (bad input, not a failed call).
+fn check_header_ints(headers: &[(u32, i32)], request_id: Option<i32>) -> Result<(), String> {
+    let mut ints = HeaderInts::new();
+    for &(tag, value) in headers {
+        ints.set(tag, value).map_err(|e| format!("--header: {e}"))?;
+    }
+    if let Some(id) = request_id {
+        ints.set(tags::REQUEST_ID, id)
+            .map_err(|e| format!("--request-id {id}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Runs a network command: its own failures print one line and exit with 1.
@@ -278,14 +304,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 Vec::new()
             };
+            let headers: Vec<(u32, i32)> = headers
+                .iter()
+                .map(|h| header_arg(h))
+                .collect::<Result<_, _>>()?;
+            check_header_ints(&headers, request_id)?;
             let call = net::Call {
                 service,
                 message,
                 request_id,
-                headers: headers
-                    .iter()
-                    .map(|h| header_arg(h))
-                    .collect::<Result<_, _>>()?,
+                headers,
                 body,
                 verify_echo,
                 timeout: seconds(timeout)?,

@@ -4,12 +4,12 @@ use crate::json;
 use flowee_proto::cmf::Reader;
 use flowee_proto::header::{HeaderInts, tags};
 use flowee_smol::{
-    Client, Header, Message, NodeConfig, NodeEvent, Priority, Request, Responder, Server,
-    describe_close,
+    Client, Header, Message, NodeConfig, NodeEvent, Priority, Request, RequestFailure, Responder,
+    Server, describe_close,
 };
 use smol::future::FutureExt;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A failure the CLI reports in one line.
 #[derive(Debug)]
@@ -72,7 +72,8 @@ macro_rules! install_services {
     };
 }
 
-/// `serve`: runs until `stop` resolves, logging one line per connection open and close.
+/// `serve`: runs until `stop` resolves, logging one line per connection open and close
+/// (including the closes the shutdown causes).
 pub async fn serve(
     listen: &str,
     echo_all: bool,
@@ -85,14 +86,18 @@ pub async fn serve(
     // Listen to events before saying where it listens, so no connection's open goes unlogged.
     let mut events = server.events();
     install_services!(server, echo_all);
+    // The stream ends when the shutdown has closed every connection, after their closes.
     let log = async {
         while let Some(e) = events.next().await {
             log_event(&e);
         }
     };
-    log.or(stop).await;
-    eprintln!("flowee-cli: shutting down");
-    server.shutdown().await;
+    let run = async {
+        stop.await;
+        eprintln!("flowee-cli: shutting down");
+        server.shutdown().await;
+    };
+    smol::future::zip(log, run).await;
     Ok(())
 }
 
@@ -149,7 +154,7 @@ pub struct Call {
     pub body: Vec<u8>,
     /// Fail unless the reply's body equals the body sent.
     pub verify_echo: bool,
-    /// How long to wait for the connection and the reply.
+    /// How long to wait for the connection and the reply, together.
     pub timeout: Duration,
 }
 
@@ -169,12 +174,8 @@ pub async fn call(addr: &str, call: &Call) -> Result<String, Failure> {
         message_id: Some(call.message),
         ints,
     };
-    let connect = async {
-        Client::connect(addr, NodeConfig::default())
-            .await
-            .map_err(|e| fail(format!("cannot connect to {addr}: {e}")))
-    };
-    let client = connect.or(timeout(call.timeout, "connecting")).await?;
+    let deadline = Deadline::after(call.timeout);
+    let client = connect(addr, &deadline).await?;
     let mut incoming = client.incoming();
     let mut events = client.events();
     client
@@ -206,7 +207,7 @@ pub async fn call(addr: &str, call: &Call) -> Result<String, Failure> {
     };
     let reply = reply
         .or(closed)
-        .or(timeout(call.timeout, "waiting for the reply"))
+        .or(deadline.expire("waiting for the reply"))
         .await;
     client.close().await;
     let reply = reply?;
@@ -220,23 +221,62 @@ pub async fn call(addr: &str, call: &Call) -> Result<String, Failure> {
     Ok(json::message_to_json(&reply.header, &reply.body).to_string())
 }
 
-async fn timeout<T>(d: Duration, what: &str) -> Result<T, Failure> {
-    smol::Timer::after(d).await;
-    Err(fail(format!("timed out after {}s {what}", d.as_secs_f64())))
+/// One `--timeout` for a whole command: connecting and waiting for the reply together.
+struct Deadline {
+    total: Duration,
+    at: Instant,
 }
 
-/// `version`: asks a Hub (or any compatible server) for its version string.
-pub async fn version(addr: &str, wait: Duration) -> Result<String, Failure> {
+impl Deadline {
+    fn after(total: Duration) -> Deadline {
+        Deadline {
+            total,
+            // Capped at a year (as good as none), so the clock cannot overflow.
+            at: Instant::now() + total.min(Duration::from_secs(365 * 86_400)),
+        }
+    }
+
+    /// What is left of it.
+    fn left(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// Fails with a timeout (naming `what` it was doing) when the deadline passes.
+    async fn expire<T>(&self, what: &str) -> Result<T, Failure> {
+        smol::Timer::at(self.at).await;
+        Err(fail(format!(
+            "timed out after {}s {what}",
+            self.total.as_secs_f64()
+        )))
+    }
+}
+
+/// Connects, failing at the deadline.
+async fn connect(addr: &str, deadline: &Deadline) -> Result<Client, Failure> {
     let connect = async {
         Client::connect(addr, NodeConfig::default())
             .await
             .map_err(|e| fail(format!("cannot connect to {addr}: {e}")))
     };
-    let client = connect.or(timeout(wait, "connecting")).await?;
-    let reply = client
-        .request(Message::new(Header::new(0, 0), &[]), wait)
-        .await
-        .map_err(|e| fail(e.to_string()));
+    connect.or(deadline.expire("connecting")).await
+}
+
+/// `version`: asks a Hub (or any compatible server) for its version string, waiting at most
+/// `wait` for the connection and the reply together.
+pub async fn version(addr: &str, wait: Duration) -> Result<String, Failure> {
+    let deadline = Deadline::after(wait);
+    let client = connect(addr, &deadline).await?;
+    let request = async {
+        match client
+            .request(Message::new(Header::new(0, 0), &[]), deadline.left())
+            .await
+        {
+            Ok(reply) => Ok(reply),
+            Err(RequestFailure::Timeout) => deadline.expire("waiting for the reply").await,
+            Err(e) => Err(fail(e.to_string())),
+        }
+    };
+    let reply = request.or(deadline.expire("waiting for the reply")).await;
     client.close().await;
     let reply = reply?;
     if (reply.header.service_id, reply.header.message_id) != (0, Some(1)) {

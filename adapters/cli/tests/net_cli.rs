@@ -18,11 +18,13 @@ struct Serve {
 
 impl Serve {
     fn start(echo: bool) -> Serve {
+        Serve::start_with(if echo { &["--echo"] } else { &[] })
+    }
+
+    /// `serve --listen 127.0.0.1:0` with more arguments.
+    fn start_with(args: &[&str]) -> Serve {
         let mut cmd = bin();
-        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
-        if echo {
-            cmd.arg("--echo");
-        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -172,6 +174,82 @@ fn version_and_failures() {
         &["--service", "1", "--message", "1", "--header", "nonsense"],
     );
     assert_eq!(o.status.code(), Some(2));
+    // Header ints the protocol cannot carry too (status 2 and one line, before connecting:
+    // nothing listens at port 1, which would be status 1).
+    let many: Vec<String> = (20..37)
+        .flat_map(|t| ["--header".into(), format!("{t}=1")])
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    for bad in [
+        &["--header", "5=1"][..],
+        &["--header", "9=1"],
+        &["--header", "16777215=1"],
+        &["--header", "12=2147483647"],
+        &["--request-id", "2147483647"],
+        &many,
+    ] {
+        let o = call(
+            "127.0.0.1:1",
+            &[&["--service", "1", "--message", "1"][..], bad].concat(),
+        );
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
+    }
+    // The edges of the range are fine (the call fails only for want of a server).
+    for good in ["10=1", "16777214=-1"] {
+        let o = call(
+            "127.0.0.1:1",
+            &["--service", "1", "--message", "1", "--header", good],
+        );
+        assert_eq!(o.status.code(), Some(1), "{good}: {o:?}");
+    }
+}
+
+#[test]
+fn an_echo_server_echoes_version_requests_too() {
+    // `serve --echo` sends 0/0 back as it came, so `version` gets no version reply.
+    let s = Serve::start(true);
+    let o = bin()
+        .args(["version", &s.addr, "--timeout", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unexpected reply 0/0"), "{err}");
+}
+
+#[test]
+fn serve_logs_the_closes_its_shutdown_causes() {
+    for adapter in ["smol", "std"] {
+        let mut s = Serve::start_with(&["--adapter", adapter]);
+        let peer = std::net::TcpStream::connect(&s.addr).unwrap();
+        s.wait_for("open ");
+        let pid = s.child.id().to_string();
+        let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(killed.success());
+        let lines = s.wait_for("close ");
+        assert!(
+            lines.iter().any(|l| l.contains("shutting down")),
+            "{adapter}: the close came before the shutdown: {lines:?}"
+        );
+        // The reason the shutdown gave: a local close.
+        let close = lines.last().unwrap();
+        assert!(
+            close.contains("local (closed locally)"),
+            "{adapter}: {close}"
+        );
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = s.child.try_wait().unwrap() {
+                assert!(status.success(), "{adapter}: {status:?}");
+                break;
+            }
+            assert!(Instant::now() < end, "{adapter}: serve did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(peer);
+    }
 }
 
 #[test]
@@ -198,15 +276,34 @@ fn the_demo_runs_in_under_ten_seconds() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(start.elapsed() < Duration::from_secs(10));
     let out = String::from_utf8_lossy(&o.stdout);
+    // Where 127.0.0.2 cannot be bound (macOS), the misbehaving peer is 127.0.0.1.
+    let banned = if out.contains("cannot be used here") {
+        "banned 127.0.0.1"
+    } else {
+        "banned 127.0.0.2"
+    };
     for what in [
         "version request",
         "1 MB echoed",
         "pong",
-        "banned 127.0.0.2",
+        banned,
         "refused",
         "after the reconnect",
         "done",
     ] {
         assert!(out.contains(what), "missing {what:?} in:\n{out}");
     }
+}
+
+#[test]
+fn the_demo_runs_where_its_peer_address_cannot_be_bound() {
+    // 192.0.2.1 (TEST-NET-1) is not an address of this machine, as 127.0.0.2 is not on macOS.
+    let peer = std::net::Ipv4Addr::new(192, 0, 2, 1);
+    if std::net::TcpListener::bind((peer, 0)).is_ok() {
+        eprintln!("{peer} is local here; nothing to test");
+        return;
+    }
+    let start = Instant::now();
+    smol::block_on(flowee_cli::demo::demo_from(peer)).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
 }

@@ -216,6 +216,9 @@ pub struct Dispatch {
     listeners: Vec<Listener>,
     peers: BTreeMap<ConnId, SocketAddr>,
     scratch: Vec<u8>,
+    /// Replies arriving in pieces ([`Output::ReplyPart`]), joined for their waiters; bounded
+    /// by the connection's `max_sequence_size` (more than announced closes the connection).
+    parts: BTreeMap<RequestId, (Header, Vec<u8>)>,
 }
 
 impl Default for Dispatch {
@@ -227,6 +230,7 @@ impl Default for Dispatch {
             listeners: Vec::new(),
             peers: BTreeMap::new(),
             scratch: Vec::new(),
+            parts: BTreeMap::new(),
         }
     }
 }
@@ -350,7 +354,27 @@ impl Dispatch {
                         w(Ok(OwnedMessage::from(message)));
                     }
                 }
+                Output::ReplyPart { request, event, .. } => match event {
+                    Event::SequenceStart { header, .. } => {
+                        self.parts.insert(request, (header, Vec::new()));
+                    }
+                    Event::SequenceChunk(data) => {
+                        if let Some((_, body)) = self.parts.get_mut(&request) {
+                            body.extend_from_slice(data);
+                        }
+                    }
+                    Event::SequenceEnd { .. } => {
+                        let part = self.parts.remove(&request);
+                        if let (Some((header, body)), Some(w)) =
+                            (part, self.waiters.remove(&request))
+                        {
+                            w(Ok(OwnedMessage::new(header, body)));
+                        }
+                    }
+                    _ => {}
+                },
                 Output::RequestFailed { request, error, .. } => {
+                    self.parts.remove(&request);
                     if let Some(w) = self.waiters.remove(&request) {
                         w(Err(error));
                     }

@@ -1,6 +1,6 @@
 //! The client: one outgoing connection, reconnected as the node decides.
 
-use crate::runtime::{ChannelSink, Runtime, STREAM_CAPACITY};
+use crate::runtime::{ChannelSink, GRACE, Runtime, STREAM_CAPACITY};
 use crate::{Events, NodeEvent};
 use flowee_proto::connection::Stats;
 use flowee_proto::node::{ConnId, HandleId, NodeConfig, NodeError, RequestError};
@@ -23,7 +23,9 @@ use std::time::Duration;
 /// waits: a full queue gives the message back in [`SendError::QueueFull`]. When the
 /// connection drops, the client reconnects by itself (backoff 0, 4, 13, 32, 44 s after failed
 /// connects) and sends what was queued, from the start of any message that was cut short
-/// (at-least-once delivery).
+/// (at-least-once delivery). Dropping the last clone starts [`Client::close`] in the
+/// background: what is queued is still written (for at most five seconds), as with the std
+/// adapter; await [`Client::close`] to know when it is done.
 #[derive(Clone)]
 pub struct Client {
     rt: Arc<Runtime>,
@@ -31,13 +33,14 @@ pub struct Client {
     _owner: Arc<Owner>,
 }
 
-/// Shared by the clones of a client: when the last one goes, the connection closes.
+/// Shared by the clones of a client: when the last one goes, the connection closes (after
+/// writing what is queued, in the background).
 struct Owner(Arc<Runtime>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
         let rt = self.0.clone();
-        smol::spawn(async move { rt.shutdown(Duration::ZERO).await }).detach();
+        smol::spawn(async move { rt.shutdown(GRACE).await }).detach();
     }
 }
 
@@ -89,11 +92,15 @@ impl Client {
                 Ok(NodeEvent::Reconnecting { id: c, .. } | NodeEvent::Removed { id: c, .. })
                     if c == id =>
                 {
+                    // The connect's own error (refused, unreachable, timed out, …).
+                    let error = rt.take_connect_error(id).unwrap_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            format!("could not connect to {addr}"),
+                        )
+                    });
                     rt.shutdown(Duration::ZERO).await;
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        "connection refused",
-                    ));
+                    return Err(error);
                 }
                 Ok(_) => {}
                 Err(_) => return Err(io::Error::other("client stopped")),
@@ -224,7 +231,7 @@ impl Client {
 
     /// Writes what is queued (waiting at most five seconds), then closes.
     pub async fn close(&self) {
-        self.rt.shutdown(Duration::from_secs(5)).await;
+        self.rt.shutdown(GRACE).await;
     }
 }
 

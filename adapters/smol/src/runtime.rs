@@ -15,7 +15,7 @@ use smol::future::FutureExt;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -28,6 +28,10 @@ const WRITE_BUDGET: usize = 64;
 const READ_BUF: usize = 256 * 1024;
 /// How long an outgoing TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the accept loop waits after a failed accept (out of descriptors and the like).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// How long a graceful shutdown (or the one a drop starts) waits for queues to empty.
+pub(crate) const GRACE: Duration = Duration::from_secs(5);
 /// Unread items a subscription or event stream holds before it counts drops.
 pub(crate) const STREAM_CAPACITY: usize = 4096;
 
@@ -74,6 +78,8 @@ pub(crate) struct Inner {
     actions: Actions,
     /// The deadline the timer task sleeps until (`None` while it is awake).
     timer_sleep: Option<Instant>,
+    /// Why the last connect of a connection failed (for [`Client::connect`](crate::Client)).
+    connect_error: Option<(ConnId, io::Error)>,
 }
 
 /// The shared machinery.
@@ -81,7 +87,12 @@ pub(crate) struct Runtime {
     inner: Mutex<Inner>,
     timer: Event,
     epoch: std::time::Instant,
+    /// Set by [`Runtime::shutdown`] with the node locked: no new connections after it.
     stopping: AtomicBool,
+    /// A server's accept loop runs (cleared by [`Runtime::stop_accepting`], never set again).
+    accepting: AtomicBool,
+    /// Wakes the accept loop to look at `accepting`.
+    accept_stop: Event,
     tasks: AtomicU64,
     tasks_done: Event,
 }
@@ -95,10 +106,13 @@ impl Runtime {
                 conns: BTreeMap::new(),
                 actions: Actions::default(),
                 timer_sleep: None,
+                connect_error: None,
             }),
             timer: Event::new(),
             epoch: std::time::Instant::now(),
             stopping: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+            accept_stop: Event::new(),
             tasks: AtomicU64::new(0),
             tasks_done: Event::new(),
         });
@@ -123,7 +137,8 @@ impl Runtime {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn spawn(self: &Arc<Self>, f: impl Future<Output = ()> + Send + 'static) {
+    /// Starts a task that [`Runtime::shutdown`] waits for.
+    pub(crate) fn spawn(self: &Arc<Self>, f: impl Future<Output = ()> + Send + 'static) {
         self.tasks.fetch_add(1, Ordering::SeqCst);
         let rt = self.clone();
         smol::spawn(async move {
@@ -187,7 +202,57 @@ impl Runtime {
         rx
     }
 
-    /// Takes an accepted socket; false if the node refused it (it is closed then).
+    /// Why the last connect of `id` failed, if it did.
+    pub(crate) fn take_connect_error(&self, id: ConnId) -> Option<io::Error> {
+        let mut inner = self.lock();
+        match inner.connect_error.take() {
+            Some((c, e)) if c == id => Some(e),
+            other => {
+                inner.connect_error = other;
+                None
+            }
+        }
+    }
+
+    /// Stops a server's accept loop (it drops the listener, freeing the port) and makes
+    /// [`Runtime::add_incoming`] refuse sockets from now on.
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.accept_stop.notify(usize::MAX);
+    }
+
+    /// A server's accept loop, started with [`Runtime::spawn`] so that
+    /// [`Runtime::shutdown`] returns only once the listener is closed.
+    pub(crate) async fn run_acceptor(self: Arc<Self>, listener: Async<TcpListener>) {
+        loop {
+            // Listen before looking, so a stop in between is not lost.
+            let stopped = self.accept_stop.listen();
+            if !self.accepting.load(Ordering::SeqCst) {
+                break;
+            }
+            let accepted = async { Some(listener.accept().await) }
+                .or(async {
+                    stopped.await;
+                    None
+                })
+                .await;
+            match accepted {
+                Some(Ok((stream, peer))) => {
+                    self.add_incoming(stream, peer);
+                }
+                // Out of descriptors and the like: wait a little rather than spin (a stop
+                // meanwhile is seen at the top of the loop).
+                Some(Err(_)) => {
+                    smol::Timer::after(ACCEPT_ERROR_PAUSE).await;
+                }
+                None => break,
+            }
+        }
+        drop(listener);
+    }
+
+    /// Takes an accepted socket; false if the node refused it or the server stops (it is
+    /// closed then).
     pub(crate) fn add_incoming(
         self: &Arc<Self>,
         stream: Async<TcpStream>,
@@ -196,6 +261,11 @@ impl Runtime {
         let now = self.now();
         let accepted = {
             let mut inner = self.lock();
+            // Looked at with the node locked: `shutdown` sets `stopping` under the same lock
+            // before it closes every connection, so none slips in after that.
+            if self.stopping.load(Ordering::SeqCst) || !self.accepting.load(Ordering::SeqCst) {
+                return false;
+            }
             let result = inner.node.accept(now, peer);
             let event = match result {
                 Ok(id) => {
@@ -269,7 +339,13 @@ impl Runtime {
         let attempt = Async::<TcpStream>::connect(addr)
             .or(async {
                 smol::Timer::after(CONNECT_TIMEOUT).await;
-                Err(io::ErrorKind::TimedOut.into())
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection to {addr} after {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                ))
             })
             .await;
         let now = self.now();
@@ -287,8 +363,10 @@ impl Runtime {
                 let rt = self.clone();
                 self.spawn(async move { rt.run_connection(id, stream, signal).await });
             }
-            Err(_) => {
-                let _ = self.lock().node.handle_connect_failed(now, id);
+            Err(e) => {
+                let mut inner = self.lock();
+                inner.connect_error = Some((id, e));
+                let _ = inner.node.handle_connect_failed(now, id);
             }
         }
         self.pump();
@@ -400,6 +478,13 @@ impl Runtime {
                 break;
             }
             if !blocked && more {
+                // The write budget ran out with more to write: read what came meanwhile and
+                // let the other tasks run before writing on, so a peer that reads as fast as
+                // it is written to is still heard.
+                if open && held.is_empty() && !self.read(id, &stream, &mut held) {
+                    open = false;
+                }
+                smol::future::yield_now().await;
                 continue;
             }
             let readable = async {
@@ -476,14 +561,15 @@ impl Runtime {
     /// Closes every connection once what is queued has been written (or `grace` has passed),
     /// and stops the tasks.
     pub(crate) async fn shutdown(self: &Arc<Self>, grace: Duration) {
+        self.stop_accepting();
         let end = std::time::Instant::now() + grace;
         while self.queued() > 0 && std::time::Instant::now() < end {
             smol::Timer::after(Duration::from_millis(5)).await;
         }
-        self.stopping.store(true, Ordering::SeqCst);
         let now = self.now();
         {
             let mut inner = self.lock();
+            self.stopping.store(true, Ordering::SeqCst);
             let ids: Vec<ConnId> = inner.node.connections().collect();
             for id in ids {
                 let _ = inner.node.close(now, id);

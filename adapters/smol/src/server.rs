@@ -1,24 +1,23 @@
 //! The server: accepts connections and routes their messages to services.
 
-use crate::runtime::Runtime;
+use crate::runtime::{GRACE, Runtime};
 use crate::{Events, Replier, Service};
-use event_listener::Event;
 use flowee_proto::node::{BanRecord, ConnId, HandleId, NodeConfig, NodeError};
 use flowee_proto::{Message, Priority, SendError};
 use smol::Async;
-use smol::future::FutureExt;
 use smol::net::AsyncToSocketAddrs;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A Flowee server: accepts connections (bans and rate limits from the node), answers pings,
-/// and hands messages to the [`Service`]s registered by service id.
+/// and hands messages to the [`Service`]s registered by service id. Dropping it stops
+/// accepting at once and starts [`Server::shutdown`] in the background (what is queued is
+/// still written, for at most five seconds); await [`Server::shutdown`] to know when the
+/// port is free and every connection is closed.
 pub struct Server {
     rt: Arc<Runtime>,
     local: SocketAddr,
-    stop: Arc<Event>,
 }
 
 impl Server {
@@ -32,30 +31,10 @@ impl Server {
         let listener = Async::<TcpListener>::bind(addr)?;
         let local = listener.get_ref().local_addr()?;
         let rt = Runtime::new(config);
-        let stop = Arc::new(Event::new());
-        let (rt2, stop2) = (rt.clone(), stop.clone());
-        smol::spawn(async move {
-            loop {
-                let accepted = async { Some(listener.accept().await) }
-                    .or(async {
-                        stop2.listen().await;
-                        None
-                    })
-                    .await;
-                match accepted {
-                    Some(Ok((stream, peer))) => {
-                        rt2.add_incoming(stream, peer);
-                    }
-                    // Out of descriptors and the like: wait a little rather than spin.
-                    Some(Err(_)) => {
-                        smol::Timer::after(Duration::from_millis(10)).await;
-                    }
-                    None => return,
-                }
-            }
-        })
-        .detach();
-        Ok(Server { rt, local, stop })
+        // A task of the runtime, so that `shutdown` waits for it (and the listener it drops).
+        let acceptor = rt.clone();
+        rt.spawn(acceptor.run_acceptor(listener));
+        Ok(Server { rt, local })
     }
 
     /// The address it listens on.
@@ -164,19 +143,18 @@ impl Server {
     }
 
     /// Stops accepting, writes what is queued (waiting at most five seconds), then closes
-    /// every connection.
+    /// every connection. When it returns, the listening socket is closed (the port can be
+    /// bound again) and every connection's task has ended.
     pub async fn shutdown(&self) {
-        self.stop.notify(usize::MAX);
-        self.rt.shutdown(Duration::from_secs(5)).await;
+        self.rt.shutdown(GRACE).await;
     }
 }
 
 impl Drop for Server {
-    /// Stops accepting and closes every connection (without waiting for queues to empty;
-    /// call [`Server::shutdown`] for that).
+    /// Stops accepting at once, and shuts down like [`Server::shutdown`] in the background.
     fn drop(&mut self) {
-        self.stop.notify(usize::MAX);
+        self.rt.stop_accepting();
         let rt = self.rt.clone();
-        smol::spawn(async move { rt.shutdown(Duration::ZERO).await }).detach();
+        smol::spawn(async move { rt.shutdown(GRACE).await }).detach();
     }
 }

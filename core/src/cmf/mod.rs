@@ -35,6 +35,7 @@ use core::fmt;
 
 /// The low three bits of a token's first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[non_exhaustive]
 pub enum ValueType {
     /// Type 0: an unsigned number.
@@ -55,6 +56,7 @@ pub enum ValueType {
 
 /// A token's value. Strings and byte arrays borrow from the document.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[non_exhaustive]
 pub enum Value<'a> {
     /// A non-negative number (type 0), the full u64 range.
@@ -74,6 +76,7 @@ pub enum Value<'a> {
 
 /// One `(tag, value)` pair.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Token<'a> {
     /// The tag, 0..=u32::MAX.
     pub tag: u32,

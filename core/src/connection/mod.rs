@@ -67,6 +67,9 @@ const NOTICE_RESERVE: usize = 2;
 /// At most this many pongs are owed at once; a peer pinging faster than it reads gets no more
 /// (the per-minute ping limit is what counts as misbehaviour).
 const MAX_OWED_PONGS: u8 = 8;
+
+/// Our pings awaiting a pong, at most; more only when pong timeouts are off.
+const MAX_PINGS_OUT: usize = 4;
 /// The most bytes one [`Connection::poll_transmit`] hands out, so a high-priority frame waits
 /// for at most one such batch (the C++ batches 250 KiB).
 const MAX_BATCH: usize = 256 * 1024;
@@ -88,12 +91,12 @@ impl<S: Storage> Outbox<S> {
             encoder: FrameEncoder::with_chunk_size(config.chunk_size.get()),
             high: OutQueue::new(
                 S::tx_high(config.high_queue_bytes.get()),
-                S::queue(config.high_queue_len.get() + 1),
+                S::queue(config.high_queue_len.get().saturating_add(1)),
                 config.high_queue_len.get(),
             ),
             normal: OutQueue::new(
                 S::tx(config.normal_queue_bytes.get()),
-                S::queue(config.normal_queue_len.get() + 1),
+                S::queue(config.normal_queue_len.get().saturating_add(1)),
                 config.normal_queue_len.get(),
             ),
         }
@@ -186,6 +189,19 @@ enum Notice {
 }
 
 impl Notice {
+    /// Folds an older notice of the same kind into this one: points add up, the latest
+    /// score and RTT stay. False for another kind.
+    fn absorb(&mut self, older: Notice) -> bool {
+        match (self, older) {
+            (Notice::Misbehaved(k, points, _), Notice::Misbehaved(k2, p2, _)) if *k == k2 => {
+                *points = points.saturating_add(p2);
+                true
+            }
+            (Notice::Pong(_), Notice::Pong(_)) | (Notice::Connected, Notice::Connected) => true,
+            _ => false,
+        }
+    }
+
     fn event(self) -> Event<'static> {
         match self {
             Notice::Connected => Event::Connected,
@@ -217,7 +233,11 @@ pub struct Connection<S: Storage = DefaultStorage> {
     returned: usize,
     ping_pending: bool,
     pongs_owed: u8,
-    ping_sent_at: Option<Instant>,
+    /// When our unanswered pings were queued, oldest first: pongs answer them in order.
+    pings_out: heapless::Deque<Instant, MAX_PINGS_OUT>,
+    /// `handle_input` left bytes unread since the last ping (our application was not polling),
+    /// so a ping may be waiting in them: a ping timeout then is not the peer's fault.
+    held_back_input: bool,
     ping_window: (Instant, u32),
     /// The last time data went through the buffers (for releasing idle ones).
     last_busy: Instant,
@@ -283,7 +303,8 @@ impl<S: Storage> Connection<S> {
             returned: 0,
             ping_pending: false,
             pongs_owed: 0,
-            ping_sent_at: None,
+            pings_out: heapless::Deque::new(),
+            held_back_input: false,
             ping_window: (now, 0),
             last_busy: now,
             preface_len: 0,
@@ -399,6 +420,9 @@ impl<S: Storage> Connection<S> {
                 break;
             }
         }
+        if taken < data.len() {
+            self.held_back_input = true;
+        }
         taken
     }
 
@@ -448,6 +472,7 @@ impl<S: Storage> Connection<S> {
         }
         self.timers
             .set(Timer::PingDeadline, after(now, self.config.ping_timeout));
+        self.held_back_input = false;
         let (start, count) = &mut self.ping_window;
         if now.saturating_duration_since(*start) >= Duration::from_secs(60) {
             *start = now;
@@ -465,10 +490,16 @@ impl<S: Storage> Connection<S> {
         if self.role != Role::Connecting {
             return;
         }
-        if let Some(sent) = self.ping_sent_at.take() {
+        if let Some(sent) = self.pings_out.pop_front() {
             let rtt = now.saturating_duration_since(sent);
             self.stats.last_rtt = Some(rtt);
             self.timers.clear(Timer::PongDeadline);
+            // The next unanswered ping keeps its own deadline.
+            if let (Some(&next), Some(timeout)) = (self.pings_out.front(), self.config.pong_timeout)
+            {
+                let due = (next + timeout).max(after(now, Duration::ZERO));
+                self.timers.set(Timer::PongDeadline, due);
+            }
             self.notice(Notice::Pong(rtt));
         }
     }
@@ -495,7 +526,10 @@ impl<S: Storage> Connection<S> {
                 Timer::Ping => self.send_ping(now),
                 Timer::PongDeadline => self.close_with(now, CloseReason::PongTimeout),
                 Timer::PingDeadline => {
-                    self.misbehave(now, Misbehaviour::Silent, None);
+                    // Unread input may hold the ping: then the stall is ours, not the peer's.
+                    if !self.held_back_input {
+                        self.misbehave(now, Misbehaviour::Silent, None);
+                    }
                     self.close_with(now, CloseReason::PingTimeout);
                 }
                 Timer::Introduction => {
@@ -511,9 +545,14 @@ impl<S: Storage> Connection<S> {
         if self.state != State::Established || self.role != Role::Connecting {
             return;
         }
-        self.ping_pending = true;
-        if self.ping_sent_at.is_none() {
-            self.ping_sent_at = Some(now);
+        if !self.ping_pending {
+            // A ping still waiting to go out is not sent twice.
+            if self.pings_out.is_full() {
+                // Only when pong timeouts are off and the peer stopped answering long ago.
+                self.pings_out.pop_front();
+            }
+            let _ = self.pings_out.push_back(now);
+            self.ping_pending = true;
         }
         if let Some(timeout) = self.config.pong_timeout {
             if self.timers.get(Timer::PongDeadline).is_none() {
@@ -634,28 +673,40 @@ impl<S: Storage> Connection<S> {
 
     fn notice(&mut self, event: Notice) {
         let after = self.inbox.parsed_count();
-        if self.notices.push_back((after, event)).is_ok() {
-            return;
+        if self.notices.is_full() {
+            self.compact_notices();
         }
-        // Full (the application is not polling): merge into the latest notice of the same
-        // kind, so totals and the latest values survive. There are fewer kinds than slots.
-        for (_, old) in self.notices.iter_mut().rev() {
-            match (old, event) {
-                (Notice::Misbehaved(k, points, score), Notice::Misbehaved(k2, p2, s2))
-                    if *k == k2 =>
-                {
-                    *points = points.saturating_add(p2);
-                    *score = s2;
-                    return;
+        // Cannot fail: with fewer kinds than slots, a full queue holds two of one kind and
+        // compacting freed a slot.
+        let _ = self.notices.push_back((after, event));
+    }
+
+    /// Full (the application is not polling): merges the oldest notice that has a later one
+    /// of the same kind into that one, so totals and the latest values survive.
+    fn compact_notices(&mut self) {
+        let len = self.notices.len();
+        let mut merged = None;
+        'search: for i in 0..len {
+            for j in i + 1..len {
+                let older = self.notices.iter().nth(i).map(|&(_, n)| n);
+                if let (Some(older), Some((_, newer))) = (older, self.notices.iter_mut().nth(j)) {
+                    if newer.absorb(older) {
+                        merged = Some(i);
+                        break 'search;
+                    }
                 }
-                (Notice::Pong(rtt), Notice::Pong(r2)) => {
-                    *rtt = r2;
-                    return;
-                }
-                (Notice::Connected, Notice::Connected) => return,
-                _ => {}
             }
         }
+        let Some(skip) = merged else {
+            return;
+        };
+        let mut kept = heapless::Deque::new();
+        for (at, notice) in self.notices.iter().enumerate() {
+            if at != skip {
+                let _ = kept.push_back(*notice);
+            }
+        }
+        self.notices = kept;
     }
 
     fn close_with(&mut self, _now: Instant, reason: CloseReason) {
@@ -869,12 +920,18 @@ impl<S: Storage> Connection<S> {
     /// The messages not (fully) sent, whatever the state; partly sent ones start over. A
     /// preface ([`Connection::send_first`]) belongs to this connection and is left out.
     pub(crate) fn into_outbox(mut self) -> Outbox<S> {
-        self.outbox.high.rewind();
-        self.outbox.normal.rewind();
+        self.detach_outbox()
+    }
+
+    fn detach_outbox(&mut self) -> Outbox<S> {
+        let mut outbox = core::mem::replace(&mut self.outbox, Outbox::new(&self.config));
+        outbox.high.rewind();
+        outbox.normal.rewind();
         if self.stats.bytes_out < self.preface_len as u64 {
-            self.outbox.high.drop_front();
+            outbox.high.drop_front();
         }
-        self.outbox
+        self.preface_len = 0;
+        outbox
     }
 
     /// Command: queue a message at high priority ahead of everything queued, before anything
@@ -909,16 +966,14 @@ impl<S: Storage> Connection<S> {
     }
 
     /// Once closed: takes the messages that were not (fully) sent, to give to the next
-    /// connection ([`Connection::with_outbox`]). Partly sent ones start over. `None` while the
-    /// connection is open (its queues are in use).
+    /// connection ([`Connection::with_outbox`]). Partly sent ones start over; a preface
+    /// ([`Connection::send_first`]) is left out. `None` while the connection is open (its
+    /// queues are in use).
     pub fn take_outbox(&mut self) -> Option<Outbox<S>> {
         if !self.is_closed() {
             return None;
         }
-        let mut outbox = core::mem::replace(&mut self.outbox, Outbox::new(&self.config));
-        outbox.high.rewind();
-        outbox.normal.rewind();
-        Some(outbox)
+        Some(self.detach_outbox())
     }
 }
 

@@ -164,6 +164,23 @@ fn send_first_goes_first_until_transmitting_begins() {
 }
 
 #[test]
+fn a_preface_is_not_handed_to_the_next_connection() {
+    let mut c: Connection = Connection::connecting(t(0), Config::default());
+    c.send(t(0), msg(3, 2, b"a"), Priority::High).unwrap();
+    c.send_first(t(0), msg(1, 0, b"login")).unwrap();
+    c.handle_eof(t(1));
+    let outbox = c.take_outbox().unwrap();
+    assert_eq!(outbox.len(), (1, 0));
+    let mut next = Connection::with_outbox(t(1), Role::Connecting, Config::default(), outbox);
+    next.handle_connected(t(1));
+    let mut s: Connection = Connection::accepted(t(1), Config::default());
+    let mut events = Vec::new();
+    feed(t(1), &mut s, &take_tx(&mut next), &mut events);
+    events.extend(drain(&mut s));
+    assert_eq!(events, [Ev::Message(Header::new(3, 2), b"a".to_vec())]);
+}
+
+#[test]
 fn client_pings_every_90s_and_measures_rtt() {
     let (mut c, mut s) = pair(Config::default());
     assert_eq!(c.poll_timeout(), Some(t(90)));
@@ -661,9 +678,93 @@ fn notices_merge_rather_than_vanish() {
         })
         .sum();
     assert_eq!(total, 40);
-    assert_eq!(
+    assert!(matches!(
         events.last(),
-        Some(&Ev::Misbehaved(Misbehaviour::Application, 25, 40))
+        Some(&Ev::Misbehaved(Misbehaviour::Application, _, 40))
+    ));
+}
+
+#[test]
+fn a_new_kind_of_notice_finds_room_in_a_full_queue() {
+    let (_, mut s) = pair(Config::default());
+    for _ in 0..NOTICES {
+        s.punish(1);
+    }
+    s.handle_timeout(t(150));
+    let events = drain(&mut s);
+    assert!(
+        matches!(
+            events[events.len() - 2..],
+            [
+                Ev::Misbehaved(Misbehaviour::Silent, 50, _),
+                Ev::Closed(CloseReason::PingTimeout)
+            ]
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn pongs_answer_overlapping_pings_in_order() {
+    let ms = Instant::from_millis;
+    let config = Config {
+        ping_interval: Duration::from_millis(500),
+        pong_timeout: Some(Duration::from_secs(5)),
+        ..Config::default()
+    };
+    let (mut c, _) = pair(config);
+    c.handle_timeout(ms(500));
+    assert_eq!(take_tx(&mut c), PING_FRAME);
+    c.handle_timeout(ms(1000));
+    assert_eq!(take_tx(&mut c), PING_FRAME);
+    c.handle_input(ms(1100), &PONG_FRAME);
+    assert_eq!(drain(&mut c), vec![Ev::Pong(Duration::from_millis(600))]);
+    // The second ping keeps its own deadline.
+    assert_eq!(c.timers.get(Timer::PongDeadline), Some(ms(6000)));
+    c.handle_timeout(ms(1500));
+    assert_eq!(take_tx(&mut c), PING_FRAME);
+    c.handle_input(ms(1600), &PONG_FRAME);
+    assert_eq!(drain(&mut c), vec![Ev::Pong(Duration::from_millis(600))]);
+    assert_eq!(c.timers.get(Timer::PongDeadline), Some(ms(6500)));
+    // The third ping is never answered (pings keep going out meanwhile).
+    for at in (2000..6500).step_by(500) {
+        c.handle_timeout(ms(at));
+        take_tx(&mut c);
+    }
+    assert!(!c.is_closed());
+    c.handle_timeout(ms(6500));
+    assert_eq!(drain(&mut c), vec![Ev::Closed(CloseReason::PongTimeout)]);
+}
+
+#[test]
+fn no_silence_points_when_our_application_held_the_input_back() {
+    let config = Config {
+        receive_buffer: core::num::NonZeroUsize::new(9000).unwrap(),
+        ..Config::default()
+    };
+    let (mut c, mut s) = pair(config);
+    for i in 0..200 {
+        c.send(t(0), msg(1, i, &[0; 100]), Priority::Normal)
+            .unwrap();
+    }
+    let mut wire = take_tx(&mut c);
+    wire.extend_from_slice(&PING_FRAME);
+    // The application never polls: the ping stays in the bytes not taken.
+    let taken = s.handle_input(t(1), &wire);
+    assert!(taken < wire.len());
+    s.handle_timeout(t(150));
+    let events = drain(&mut s);
+    assert_eq!(events.last(), Some(&Ev::Closed(CloseReason::PingTimeout)));
+    assert!(
+        !events.iter().any(|e| matches!(e, Ev::Misbehaved(..))),
+        "{events:?}"
+    );
+    // A peer that is simply silent still gets the points.
+    let (_, mut s) = pair(config);
+    s.handle_timeout(t(150));
+    assert_eq!(
+        drain(&mut s)[0],
+        Ev::Misbehaved(Misbehaviour::Silent, 50, 50)
     );
 }
 

@@ -1,6 +1,6 @@
 //! Frame writer: the C++ byte order for messages and sequence chunks (spec §2.3, §3.3, §4.1).
 
-use super::{CHUNK_SIZE, MAX_FRAME_LEN};
+use super::{CHUNK_SIZE, MAX_FRAME_LEN, PING_FRAME, PONG_FRAME};
 use crate::cmf::{CapacityError, Sink, varint};
 use crate::header::{Header, SYSTEM_SERVICE, tags};
 use core::fmt;
@@ -308,6 +308,18 @@ impl FrameEncoder {
         2 * chunks + first + middle * (chunks - 2) + last + body_len
     }
 
+    /// Writes a ping frame (service 126, Ping = true), as a connecting side sends it every
+    /// ping interval; returns the bytes written. [`encode`](Self::encode) refuses service 126,
+    /// so system frames are written only through this and [`write_pong`](Self::write_pong).
+    pub fn write_ping<S: Sink>(&self, out: &mut S) -> Result<usize, EncodeError> {
+        write_system(&PING_FRAME, out)
+    }
+
+    /// Writes a pong frame (service 126, Pong = true), the accepting side's answer to a ping.
+    pub fn write_pong<S: Sink>(&self, out: &mut S) -> Result<usize, EncodeError> {
+        write_system(&PONG_FRAME, out)
+    }
+
     /// Writes every frame of a message; returns the bytes written. Writes nothing on error.
     pub fn encode<S: Sink>(
         &self,
@@ -332,6 +344,17 @@ impl FrameEncoder {
         }
         Ok(written)
     }
+}
+
+fn write_system<S: Sink>(frame: &[u8], out: &mut S) -> Result<usize, EncodeError> {
+    if out.remaining() < frame.len() {
+        return Err(EncodeError::Capacity(CapacityError {
+            needed: frame.len(),
+            available: out.remaining(),
+        }));
+    }
+    out.put(frame);
+    Ok(frame.len())
 }
 
 /// The frames of one message, from [`FrameEncoder::frames`].
@@ -375,7 +398,7 @@ impl<'b> Iterator for Frames<'b> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{FrameDecoder, PING_FRAME};
+    use crate::frame::FrameDecoder;
     use crate::header::FrameKind;
 
     fn enc(h: &Header, body: &[u8]) -> Vec<u8> {
@@ -521,6 +544,23 @@ mod tests {
         );
         assert_eq!(body, b"abcdefgh");
         assert_eq!(wire.len(), enc.encoded_len(&h, 8));
-        let _ = PING_FRAME;
+    }
+
+    #[test]
+    fn system_frames() {
+        let enc = FrameEncoder::new();
+        let mut out = Vec::new();
+        assert_eq!(enc.write_ping(&mut out), Ok(6));
+        assert_eq!(enc.write_pong(&mut out), Ok(6));
+        assert_eq!(out, [PING_FRAME, PONG_FRAME].concat());
+        let mut room = [0u8; 5];
+        let mut short = crate::cmf::SliceSink::new(&mut room);
+        assert!(matches!(
+            enc.write_ping(&mut short),
+            Err(EncodeError::Capacity(CapacityError {
+                needed: 6,
+                available: 5
+            }))
+        ));
     }
 }

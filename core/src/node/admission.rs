@@ -31,52 +31,85 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
 /// What [`Bans::ban`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BanChange {
-    /// A new ban; a ban ending sooner may have made room.
-    Added { evicted: Option<IpAddr> },
+    /// A new ban; a ban ending sooner may have made room (its address, and whether the same
+    /// import added it).
+    Added { evicted: Option<Evicted> },
     /// The address was banned already; the ban ends at the later of the two times.
     Extended,
     /// The table is full of bans ending later; this one was not kept.
     Dropped,
 }
 
+/// A ban pushed out of a full table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Evicted {
+    /// Its address.
+    pub(crate) ip: IpAddr,
+    /// Added by the import that pushed it out (the caller never heard of it as a ban).
+    pub(crate) same_import: bool,
+}
+
+/// One ban: when it ends, and which import added it (0: not an import).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ban {
+    until: Instant,
+    import: u32,
+}
+
 /// Banned addresses and when their bans end. Bounded: when full, the ban ending soonest
 /// makes room.
 pub(crate) struct Bans {
-    map: Map<IpAddr, Instant, FIXED_BANS>,
+    map: Map<IpAddr, Ban, FIXED_BANS>,
+    /// The last import's number (imports are numbered from 1).
+    imports: u32,
 }
 
 impl Bans {
     pub(crate) fn new(max: usize) -> Self {
-        Bans { map: Map::new(max) }
+        Bans {
+            map: Map::new(max),
+            imports: 0,
+        }
     }
 
     /// When the ban on `ip` ends, if it is banned at `now`.
     pub(crate) fn banned_until(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
         self.map
             .get(&canonical(ip))
-            .copied()
+            .map(|b| b.until)
             .filter(|&until| until > now)
     }
 
     /// Bans `ip` until `until`, or longer if it is banned longer already. When the table is
     /// full, the ban ending soonest (which may be this one) goes. Returns what changed.
     pub(crate) fn ban(&mut self, ip: IpAddr, until: Instant) -> BanChange {
+        self.ban_from(ip, until, 0)
+    }
+
+    /// [`Bans::ban`] for import number `import` (0: not an import).
+    fn ban_from(&mut self, ip: IpAddr, until: Instant, import: u32) -> BanChange {
         let ip = canonical(ip);
         if let Some(current) = self.map.get_mut(&ip) {
-            *current = (*current).max(until);
+            current.until = current.until.max(until);
             return BanChange::Extended;
         }
         let mut evicted = None;
         if self.map.is_full() {
-            match self.map.min_by_key(|&u| u) {
-                Some(soonest) if self.map.get(&soonest).is_some_and(|&u| u < until) => {
-                    self.map.remove(&soonest);
-                    evicted = Some(soonest);
-                }
-                _ => return BanChange::Dropped,
+            match self.map.min_by_key(|b| b.until) {
+                Some(soonest) => match self.map.get(&soonest).copied() {
+                    Some(old) if old.until < until => {
+                        self.map.remove(&soonest);
+                        evicted = Some(Evicted {
+                            ip: soonest,
+                            same_import: import != 0 && old.import == import,
+                        });
+                    }
+                    _ => return BanChange::Dropped,
+                },
+                None => return BanChange::Dropped,
             }
         }
-        let _ = self.map.insert(ip, until);
+        let _ = self.map.insert(ip, Ban { until, import });
         BanChange::Added { evicted }
     }
 
@@ -86,8 +119,8 @@ impl Bans {
 
     /// Removes bans that ended at or before `now`, telling `ended` about each.
     pub(crate) fn expire(&mut self, now: Instant, mut ended: impl FnMut(IpAddr)) {
-        self.map.retain(|ip, until| {
-            let keep = *until > now;
+        self.map.retain(|ip, ban| {
+            let keep = ban.until > now;
             if !keep {
                 ended(*ip);
             }
@@ -96,7 +129,7 @@ impl Bans {
     }
 
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
-        self.map.iter().map(|(_, until)| *until).min()
+        self.map.iter().map(|(_, ban)| ban.until).min()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -107,12 +140,12 @@ impl Bans {
     pub(crate) fn export(&self, now: Instant, unix_now: u64) -> impl Iterator<Item = BanRecord> {
         self.map
             .iter()
-            .filter(move |(_, until)| **until > now)
-            .map(move |(ip, until)| BanRecord {
+            .filter(move |(_, ban)| ban.until > now)
+            .map(move |(ip, ban)| BanRecord {
                 ip: *ip,
                 // Rounded up, so a restored ban never ends early.
                 until_unix_secs: unix_now.saturating_add(
-                    until
+                    ban.until
                         .as_millis()
                         .saturating_sub(now.as_millis())
                         .div_ceil(1000),
@@ -120,21 +153,26 @@ impl Bans {
             })
     }
 
-    /// Takes bans saved by [`Bans::export`]; ones already over are skipped, and a ban never
-    /// gets shorter. `changed` hears about every ban added or evicted.
+    /// Starts an import of saved bans; returns its number for [`Bans::import`].
+    pub(crate) fn begin_import(&mut self) -> u32 {
+        self.imports = self.imports.wrapping_add(1).max(1);
+        self.imports
+    }
+
+    /// Takes one ban saved by [`Bans::export`], as part of import `import`; `None` if it is
+    /// over already. A ban never gets shorter.
     pub(crate) fn import(
         &mut self,
         now: Instant,
         unix_now: u64,
-        records: impl IntoIterator<Item = BanRecord>,
-        mut changed: impl FnMut(BanChange, IpAddr),
-    ) {
-        for r in records {
-            if r.until_unix_secs > unix_now {
-                let left = Duration::from_secs(r.until_unix_secs - unix_now);
-                changed(self.ban(r.ip, now + left), r.ip);
-            }
+        record: BanRecord,
+        import: u32,
+    ) -> Option<BanChange> {
+        let left = record.until_unix_secs.checked_sub(unix_now)?;
+        if left == 0 {
+            return None;
         }
+        Some(self.ban_from(record.ip, now + Duration::from_secs(left), import))
     }
 }
 
@@ -308,7 +346,10 @@ mod tests {
         assert_eq!(
             b.ban(ip(3), now + Duration::from_secs(600)),
             BanChange::Added {
-                evicted: Some(ip(2))
+                evicted: Some(Evicted {
+                    ip: ip(2),
+                    same_import: false
+                })
             }
         );
         assert_eq!(b.banned_until(ip(2), now), None);
@@ -325,10 +366,12 @@ mod tests {
         assert_eq!(saved.len(), 2);
         let mut fresh = Bans::new(10);
         let later = Instant::from_secs(5);
-        let mut added = 0;
-        fresh.import(later, 1_700_000_000 + 100, saved, |c, _| {
-            added += usize::from(matches!(c, BanChange::Added { .. }))
-        });
+        let import = fresh.begin_import();
+        let added = saved
+            .iter()
+            .filter_map(|r| fresh.import(later, 1_700_000_000 + 100, *r, import))
+            .filter(|c| matches!(c, BanChange::Added { .. }))
+            .count();
         assert_eq!(added, 2);
         assert_eq!(
             fresh.banned_until(ip(3), later),

@@ -104,6 +104,11 @@ impl<K: Ord + Copy, V, const N: usize> Map<K, V, N> {
         self.items.len() >= self.max
     }
 
+    /// Entries it can hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.max
+    }
+
     #[cfg(feature = "alloc")]
     pub(crate) fn get(&self, k: &K) -> Option<&V> {
         self.items.get(k)

@@ -12,6 +12,64 @@
 //! connection keeps its id across reconnects, and what was queued on it goes out after the
 //! reconnect (at-least-once: a message that was partly written when the connection dropped is
 //! sent again from its start).
+//!
+//! Without an allocator every table is a fixed array, and connections use
+//! [`Fixed`](crate::storage::Fixed) storage. Two such nodes joined in memory (this example runs
+//! in builds with and without `alloc`):
+//!
+//! ```
+//! use core::time::Duration;
+//! use flowee_proto::node::{Node, NodeConfig, Output};
+//! use flowee_proto::storage::Fixed;
+//! use flowee_proto::{Header, Instant, Message, Priority};
+//!
+//! let now = Instant::ZERO;
+//! let mut client: Node<Fixed> = Node::new(now, NodeConfig::default());
+//! let mut server: Node<Fixed> = Node::new(now, NodeConfig::default());
+//! let c = client.connect(now, "10.0.0.1:1235".parse().unwrap()).unwrap();
+//! let s = server.accept(now, "10.0.0.2:40000".parse().unwrap()).unwrap();
+//! while client.poll_output().is_some() {} // Connect: the adapter opens the socket.
+//! client.handle_connected(now, c).unwrap();
+//! let hello = Message::new(Header::new(3, 7), b"hello");
+//! client.send(now, c, hello, Priority::Normal).unwrap();
+//! let ask = Message::new(Header::new(3, 0), b"ask");
+//! let request = client.request(now, c, ask, Duration::from_secs(5)).unwrap();
+//! let (mut hello_seen, mut answered) = (false, false);
+//! for _ in 0..10 {
+//!     // The sockets: what one node writes, the other reads.
+//!     while let Some(bytes) = client.poll_transmit(c) {
+//!         let n = server.handle_input(now, s, bytes).unwrap();
+//!         client.consume_transmit(c, n);
+//!         if n == 0 { break; }
+//!     }
+//!     while let Some(bytes) = server.poll_transmit(s) {
+//!         let n = client.handle_input(now, c, bytes).unwrap();
+//!         server.consume_transmit(s, n);
+//!         if n == 0 { break; }
+//!     }
+//!     // The server answers the request: same service, message id + 1, the ints copied.
+//!     let mut reply = None;
+//!     while let Some(output) = server.poll_output() {
+//!         if let Output::Message { message, .. } = output {
+//!             match message.header.message_id {
+//!                 Some(0) => reply = Some(message.header),
+//!                 _ => hello_seen |= message.body == b"hello",
+//!             }
+//!         }
+//!     }
+//!     if let Some(asked) = reply {
+//!         let mut header = Header::new(3, 1);
+//!         header.ints = asked.ints;
+//!         server.send(now, s, Message::new(header, b"answer"), Priority::Normal).unwrap();
+//!     }
+//!     while let Some(output) = client.poll_output() {
+//!         if let Output::Reply { request: r, message, .. } = output {
+//!             answered |= r == request && message.body == b"answer";
+//!         }
+//!     }
+//! }
+//! assert!(hello_seen && answered);
+//! ```
 
 mod admission;
 mod bounded;
@@ -45,8 +103,6 @@ const FIXED_REQUESTS: usize = 16;
 const FIXED_TIMERS: usize = 64;
 /// Queued node outputs without `alloc`.
 const FIXED_OUTPUTS: usize = 64;
-/// Evictions reported per ban import without `alloc`.
-const FIXED_IMPORT: usize = 32;
 
 /// A connection of a [`Node`]. Stays valid across reconnects of an outgoing connection; once
 /// the connection is removed, every call with it fails with [`NodeError::UnknownConnection`].
@@ -84,7 +140,8 @@ pub struct RequestId(pub i32);
 pub enum RequestError {
     /// No reply within the timeout.
     Timeout,
-    /// The connection was removed (closed for good).
+    /// The connection was removed (closed for good), or closed while the reply was arriving
+    /// in pieces.
     Closed,
 }
 
@@ -217,10 +274,15 @@ pub struct NodeConfig {
     /// Addresses the allow-list holds at most.
     pub max_allowed: NonZeroUsize,
     /// Delay before reconnecting after an established outgoing connection dropped (the C++ waits
-    /// 15 s by accident). A connection that never received a frame counts as a failed connect
-    /// and backs off instead, so a peer that closes at once is not hammered.
+    /// 15 s by accident). A connection that dropped within [`NodeConfig::stable_after`] of
+    /// connecting backs off instead, so a peer that accepts and closes at once is not hammered.
     pub reconnect_after_drop: Duration,
-    /// Requests waiting for a reply, at most.
+    /// An outgoing connection that drops sooner than this after connecting counts as a failed
+    /// attempt: such drops in a row back off like failed connects (0, 4, 13, 32, 44… s, never
+    /// less than [`NodeConfig::reconnect_after_drop`]). One that lived longer is healthy.
+    pub stable_after: Duration,
+    /// Requests waiting for a reply, at most. A request counts until its [`Output::Reply`] or
+    /// [`Output::RequestFailed`] has been polled, so a failure is never lost.
     pub max_pending_requests: NonZeroUsize,
     /// Outgoing connections log in with this cookie first thing after every connect (the
     /// historical API login; off by default).
@@ -245,6 +307,7 @@ impl Default for NodeConfig {
             rate_log_len: nz(4096),
             max_allowed: nz(64),
             reconnect_after_drop: Duration::ZERO,
+            stable_after: Duration::from_secs(10),
             max_pending_requests: nz(10_000),
             login_cookie: None,
             require_login: None,
@@ -283,14 +346,17 @@ pub enum Output<'a> {
         /// The connection.
         id: ConnId,
     },
-    /// A connection event (not a message): connected, pong, misbehaviour, sequence chunks,
-    /// closed.
+    /// A connection event: connected, pong, misbehaviour, closed; and the pieces of a message
+    /// delivered in pieces ([`Event::SequenceStart`], [`Event::SequenceChunk`]s,
+    /// [`Event::SequenceEnd`], with [`SequenceDelivery::Chunks`](crate::connection::SequenceDelivery::Chunks)
+    /// or fixed storage without reassembly), unless it is a reply ([`Output::ReplyPart`]).
     Event {
         /// The connection.
         id: ConnId,
         /// The event.
         event: Event<'a>,
-        /// Handles scoped to this connection.
+        /// Handles scoped to this connection; for the pieces of a message, also the handles
+        /// subscribed to the message (as for [`Output::Message`]).
         handles: HandleSet,
     },
     /// A message, for the handles subscribed to it (none: no service claims it).
@@ -311,6 +377,19 @@ pub enum Output<'a> {
         /// The reply.
         message: Message<'a>,
     },
+    /// A piece of the reply to a request made with [`Node::request`], when the reply comes in
+    /// pieces: an [`Event::SequenceStart`] (with the reply's header), [`Event::SequenceChunk`]s,
+    /// then an [`Event::SequenceEnd`], which completes the request. The request's timeout does
+    /// not run while its reply arrives; a close before the end fails it
+    /// ([`RequestError::Closed`]).
+    ReplyPart {
+        /// The connection.
+        id: ConnId,
+        /// The request it answers.
+        request: RequestId,
+        /// The piece.
+        event: Event<'a>,
+    },
     /// A request will get no reply.
     RequestFailed {
         /// The connection.
@@ -326,7 +405,8 @@ pub enum Output<'a> {
         id: ConnId,
         /// When.
         at: Instant,
-        /// Failed attempts in a row so far (0 after a drop of a healthy connection).
+        /// Failed attempts in a row so far: failed connects, or connections that dropped
+        /// within [`NodeConfig::stable_after`]; 0 after a drop of a healthy connection.
         attempt: u32,
     },
     /// The connection is gone for good; its id is no longer valid. `unsent` messages
@@ -369,9 +449,11 @@ pub struct NodeUsage {
     pub requests: usize,
     /// Timer entries (a small multiple of connections plus requests).
     pub timers: usize,
-    /// Outputs waiting to be polled.
+    /// Outputs waiting to be polled (at most 4·[`NodeConfig::max_connections`] +
+    /// [`NodeConfig::max_pending_requests`] + 2·[`NodeConfig::max_bans`] + 64).
     pub queued_outputs: usize,
-    /// Ban notices dropped because outputs were not polled.
+    /// Outputs dropped because outputs were not polled: ban notices only (the ban table stays
+    /// right and can be exported); every other output always has room.
     pub dropped_outputs: u64,
 }
 
@@ -427,8 +509,13 @@ struct Slot<S: Storage> {
     state: State<S>,
     direction: Direction,
     peer: SocketAddr,
-    /// Failed connects in a row (the C++ backoff step).
+    /// Failed connects in a row (the C++ backoff step); back to 0 when a write on the socket
+    /// completes (spec §8.2), not on connect.
     attempts: u32,
+    /// Connections in a row that dropped within [`NodeConfig::stable_after`] of connecting.
+    quick_drops: u32,
+    /// When the current TCP connection came up (outgoing).
+    connected_at: Option<Instant>,
     /// Earliest deadline in the timer heap for this slot.
     scheduled: Option<Instant>,
     in_ready: bool,
@@ -438,6 +525,17 @@ struct Slot<S: Storage> {
     closing: bool,
     /// The adapter was told to connect and has not answered yet.
     dialing: bool,
+    /// Where the pieces of the message being received in pieces go.
+    sequence: Option<Streaming>,
+}
+
+/// The route of a message received in pieces, decided at its start.
+#[derive(Clone, Copy, Debug)]
+enum Streaming {
+    /// The reply to this request.
+    Reply(i32),
+    /// A message for these handles.
+    Routed(HandleSet),
 }
 
 /// Timer heap keys.
@@ -452,6 +550,39 @@ enum Key {
 struct Pending {
     conn: ConnId,
     deadline: Instant,
+    /// The request's service and message id: a reply comes on the same service.
+    service: i32,
+    message: Option<i32>,
+    /// Its reply is arriving in pieces: no timeout.
+    streaming: bool,
+}
+
+/// The Meta service's CommandFailed (service 0, message 2), the Hub's error reply to any
+/// request (spec §9.3).
+const COMMAND_FAILED: (i32, Option<i32>) = (0, Some(2));
+
+impl Pending {
+    /// Whether a message on `conn` carrying this request's id answers it: a message of the
+    /// same service (the Hub answers with message id + 1, spec §9.2; an echo server with the
+    /// same id) or a CommandFailed. A message of another service with the same RequestId
+    /// (the peer's own request, say) is not a reply.
+    fn answered_by(&self, conn: ConnId, header: &Header) -> bool {
+        conn == self.conn
+            && (header.service_id == self.service
+                || (header.service_id, header.message_id) == COMMAND_FAILED)
+    }
+}
+
+/// Room for every structural output the tables can cause at once (a few per connection, one
+/// per request), plus ban notices; saturating, so any configuration works.
+fn output_bound(config: &NodeConfig) -> usize {
+    config
+        .max_connections
+        .get()
+        .saturating_mul(4)
+        .saturating_add(config.max_pending_requests.get())
+        .saturating_add(config.max_bans.get().saturating_mul(2))
+        .saturating_add(64)
 }
 
 /// The C++ reconnect backoff after failed connects: ⌊s³/2⌋ seconds for step s < 5, else 44.
@@ -480,11 +611,14 @@ pub struct Node<S: Storage = DefaultStorage> {
     router: Router,
     requests: Map<i32, Pending, FIXED_REQUESTS>,
     next_request: i32,
-    /// A slot whose `Closed` was just handed out; freed at the next poll so the id still
+    /// A connection whose `Closed` was just handed out; freed at the next poll so the id still
     /// works while the application looks at that event.
-    remove_next: Option<u32>,
+    remove_next: Option<ConnId>,
     /// Informational outputs (bans) dropped because the output queue was full.
     dropped_outputs: u64,
+    /// `RequestFailed` outputs queued and not handed out yet (they count against
+    /// [`NodeConfig::max_pending_requests`]).
+    failures_queued: usize,
 }
 
 impl<S: Storage> fmt::Debug for Node<S> {
@@ -508,10 +642,7 @@ impl<S: Storage> Node<S> {
             free: List::new(max),
             live: 0,
             ready: List::new(max),
-            // Room for every structural output the tables can cause at once, plus bans.
-            queued: bounded::Queue::new(
-                4 * max + config.max_pending_requests.get() + 2 * config.max_bans.get() + 64,
-            ),
+            queued: bounded::Queue::new(output_bound(&config)),
             timers: MinHeap::new(usize::MAX),
             bans: Bans::new(config.max_bans.get()),
             scores: Scores::new(config.max_scores.get(), config.score_decay_per_hour),
@@ -522,6 +653,7 @@ impl<S: Storage> Node<S> {
             next_request: 0,
             remove_next: None,
             dropped_outputs: 0,
+            failures_queued: 0,
             config,
         }
     }
@@ -608,12 +740,15 @@ impl<S: Storage> Node<S> {
             direction,
             peer,
             attempts: 0,
+            quick_drops: 0,
+            connected_at: None,
             scheduled: None,
             in_ready: false,
             transmit_notified: false,
             awaiting_login: direction == Direction::Incoming && self.config.require_login.is_some(),
             closing: false,
             dialing: false,
+            sequence: None,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -701,6 +836,7 @@ impl<S: Storage> Node<S> {
         if !core::mem::take(&mut slot.dialing) {
             return Ok(());
         }
+        slot.connected_at = Some(now);
         if let State::Live(conn) = &mut slot.state {
             conn.handle_connected(now);
             if let Some(cookie) = cookie {
@@ -725,8 +861,11 @@ impl<S: Storage> Node<S> {
         if !core::mem::take(&mut slot.dialing) {
             return Ok(());
         }
-        if slot.closing {
-            self.remove(id.index);
+        // Closed by `close` or a ban: its `Closed` event (reported already, or next) removes
+        // it through the deferred path. Removing it here could free the slot while a removal
+        // of it is pending.
+        if slot.closing || !matches!(&slot.state, State::Live(conn) if !conn.is_closed()) {
+            self.touch(id.index);
             return Ok(());
         }
         let State::Live(conn) = core::mem::replace(&mut slot.state, State::Free) else {
@@ -784,7 +923,11 @@ impl<S: Storage> Node<S> {
             match key {
                 Key::Slot(index) => self.slot_timeout(now, index, at),
                 Key::Request(rid) => {
-                    if self.requests.get(&rid).is_some_and(|p| p.deadline <= now) {
+                    if self
+                        .requests
+                        .get(&rid)
+                        .is_some_and(|p| p.deadline <= now && !p.streaming)
+                    {
                         if let Some(p) = self.requests.remove(&rid) {
                             self.queue(Queued::RequestFailed(
                                 p.conn,
@@ -888,6 +1031,9 @@ impl<S: Storage> Node<S> {
     }
 
     fn queue(&mut self, q: Queued) {
+        if let Queued::RequestFailed(..) = q {
+            self.failures_queued += 1;
+        }
         let Err(q) = self.queued.push(q) else {
             return;
         };
@@ -899,10 +1045,15 @@ impl<S: Storage> Node<S> {
             let _ = self.queued.push(q);
         } else if informational(&q) {
             self.dropped_outputs += 1;
-        } else {
-            let fits = self.queued.push(q).is_ok();
+        } else if self.queued.push(q).is_err() {
+            // Cannot happen: the bound has room for every structural output, and requests
+            // count until their failure is handed out. Counted, should it ever.
+            self.dropped_outputs += 1;
+            if let Queued::RequestFailed(..) = q {
+                self.failures_queued -= 1;
+            }
             // Checked by the `node` fuzz target, which runs with debug assertions.
-            debug_assert!(fits, "the output queue's bound is too small");
+            debug_assert!(false, "the output queue's bound is too small");
         }
     }
 
@@ -934,6 +1085,10 @@ impl<S: Storage> Node<S> {
 
     /// Command: send a request; the reply comes as [`Output::Reply`], or
     /// [`Output::RequestFailed`] after `timeout`. The node sets the RequestId (header tag 11).
+    /// A reply is a message on the same connection with that RequestId, on the same service
+    /// with message id = the request's + 1 (spec §9.2), or a CommandFailed (service 0,
+    /// message 2, §9.3); any other message, even with that RequestId, is routed as usual.
+    /// [`SendError::QueueFull`] when [`NodeConfig::max_pending_requests`] are pending.
     pub fn request<'a>(
         &mut self,
         now: Instant,
@@ -945,7 +1100,9 @@ impl<S: Storage> Node<S> {
         if self.slot(id).is_err() {
             return Err(SendError::UnknownConnection(message));
         }
-        if self.requests.is_full() {
+        // A request counts until its reply or failure is handed out, so every failure has
+        // room in the output queue.
+        if self.requests.len().saturating_add(self.failures_queued) >= self.requests.capacity() {
             return Err(SendError::QueueFull(message));
         }
         let rid = self.fresh_request_id();
@@ -955,9 +1112,16 @@ impl<S: Storage> Node<S> {
                 crate::frame::EncodeError::InvalidMessageId(rid),
             ));
         }
-        self.send(now, id, message, Priority::Normal)?;
         let deadline = now + timeout;
-        let _ = self.requests.insert(rid, Pending { conn: id, deadline });
+        let pending = Pending {
+            conn: id,
+            deadline,
+            service: message.header.service_id,
+            message: message.header.message_id,
+            streaming: false,
+        };
+        self.send(now, id, message, Priority::Normal)?;
+        let _ = self.requests.insert(rid, pending);
         self.push_timer(deadline, Key::Request(rid));
         Ok(RequestId(rid))
     }
@@ -1099,7 +1263,7 @@ impl<S: Storage> Node<S> {
         match change {
             BanChange::Added { evicted } => {
                 if let Some(old) = evicted {
-                    self.queue(Queued::Unbanned(old));
+                    self.queue(Queued::Unbanned(old.ip));
                 }
                 if let Some(until) = self.bans.banned_until(ip, self.now) {
                     self.queue(Queued::Banned(ip, until));
@@ -1135,8 +1299,12 @@ impl<S: Storage> Node<S> {
         self.bans.export(self.now, unix_now)
     }
 
-    /// Restores bans saved with [`Node::export_bans`]; ones already over are skipped. Returns
-    /// how many were restored.
+    /// Restores bans saved with [`Node::export_bans`]; ones already over are skipped, and a ban
+    /// never gets shorter. Returns how many records were taken (added or extending a ban),
+    /// leaving out those that later records of the same import pushed out of a full table
+    /// (it keeps the bans ending last). The restored bans are not reported as [`Output::Banned`] (the
+    /// caller has them); bans from before that made room are reported as
+    /// [`Output::Unbanned`].
     pub fn import_bans(
         &mut self,
         now: Instant,
@@ -1144,20 +1312,23 @@ impl<S: Storage> Node<S> {
         records: impl IntoIterator<Item = BanRecord>,
     ) -> usize {
         let now = self.tick(now);
-        let mut changes = List::<(BanChange, IpAddr), FIXED_IMPORT>::new(usize::MAX);
-        let mut taken = 0;
-        self.bans.import(now, unix_now, records, |change, ip| {
-            if change != BanChange::Dropped {
-                taken += 1;
-            }
-            if let BanChange::Added { evicted: Some(_) } = change {
-                let _ = changes.push((change, ip));
-            }
-        });
-        // Bans pushed out of a full table are reported as ended.
-        for (change, _) in changes.iter() {
-            if let BanChange::Added { evicted: Some(old) } = change {
-                self.queue(Queued::Unbanned(*old));
+        let import = self.bans.begin_import();
+        let mut taken = 0usize;
+        for record in records {
+            match self.bans.import(now, unix_now, record, import) {
+                Some(BanChange::Added { evicted }) => {
+                    taken += 1;
+                    match evicted {
+                        // Added and pushed out by this same import: never in force for the
+                        // caller, so nothing to report.
+                        Some(old) if old.same_import => taken = taken.saturating_sub(1),
+                        // Reported at once: nothing is collected, so nothing is cut off.
+                        Some(old) => self.queue(Queued::Unbanned(old.ip)),
+                        None => {}
+                    }
+                }
+                Some(BanChange::Extended) => taken += 1,
+                Some(BanChange::Dropped) | None => {}
             }
         }
         if let Some(next) = self.bans.next_expiry() {
@@ -1255,6 +1426,10 @@ impl<S: Storage> Node<S> {
         if let Ok(slot) = self.slot_mut(id) {
             if let State::Live(conn) = &mut slot.state {
                 conn.consume_transmit(n);
+                // A completed write ends the run of failed connects (spec §8.2).
+                if n > 0 {
+                    slot.attempts = 0;
+                }
             }
             self.touch(id.index);
         }
@@ -1302,22 +1477,42 @@ impl<S: Storage> Node<S> {
         self.queue(Queued::Disconnect(id));
         let now = self.now;
         let after_drop = self.config.reconnect_after_drop;
+        let stable_after = self.config.stable_after;
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
         };
+        // An answer to a connect still in flight is for a socket that is being closed.
+        slot.dialing = false;
+        let connected_at = slot.connected_at.take();
         if slot.direction == Direction::Outgoing && reason.should_reconnect() && !slot.closing {
+            if !matches!(slot.state, State::Live(_)) {
+                return;
+            }
             let State::Live(conn) = core::mem::replace(&mut slot.state, State::Free) else {
                 return;
             };
-            // A connection that never heard from the peer counts as a failed connect.
-            let healthy = conn.stats().frames_in > 0;
-            let (at, attempt) = if healthy {
-                slot.attempts = 0;
-                (now + after_drop, 0)
-            } else {
-                slot.attempts = slot.attempts.saturating_add(1);
-                (now + connect_backoff(slot.attempts), slot.attempts)
+            let (delay, attempt) = match connected_at {
+                // Healthy: reconnect promptly (spec §13.8).
+                Some(at) if now - at >= stable_after => {
+                    slot.quick_drops = 0;
+                    (after_drop, 0)
+                }
+                // Dropped soon after connecting (a peer that accepts and closes at once): back
+                // off, even when a write completed and reset the failed-connect count.
+                Some(_) => {
+                    slot.quick_drops = slot.quick_drops.saturating_add(1);
+                    (
+                        connect_backoff(slot.quick_drops).max(after_drop),
+                        slot.quick_drops,
+                    )
+                }
+                // Never connected: a failed connect.
+                None => {
+                    slot.attempts = slot.attempts.saturating_add(1);
+                    (connect_backoff(slot.attempts), slot.attempts)
+                }
             };
+            let at = now + delay;
             slot.state = State::Waiting {
                 outbox: conn.into_outbox(),
                 at,
@@ -1327,7 +1522,7 @@ impl<S: Storage> Node<S> {
             self.touch(index);
         } else {
             // Freed at the next poll, after the application has seen the `Closed`.
-            self.remove_next = Some(index);
+            self.remove_next = Some(id);
         }
     }
 
@@ -1349,14 +1544,23 @@ impl<S: Storage> Node<S> {
     /// Output: the next thing to do or deliver.
     pub fn poll_output(&mut self) -> Option<Output<'_>> {
         loop {
-            if let Some(index) = self.remove_next.take() {
-                self.remove(index);
+            // Only if the slot still holds that connection (never a newer one).
+            if let Some(id) = self.remove_next.take() {
+                if self.slot(id).is_ok() {
+                    self.remove(id.index);
+                }
             }
             if let Some(q) = self.queued.pop() {
-                if let Queued::Connect(id, _) = q {
-                    if let Ok(slot) = self.slot_mut(id) {
-                        slot.dialing = true;
+                match q {
+                    Queued::Connect(id, _) => {
+                        if let Ok(slot) = self.slot_mut(id) {
+                            slot.dialing = true;
+                        }
                     }
+                    Queued::RequestFailed(..) => {
+                        self.failures_queued = self.failures_queued.saturating_sub(1)
+                    }
+                    _ => {}
                 }
                 return Some(q.output());
             }
@@ -1403,6 +1607,11 @@ impl<S: Storage> Node<S> {
                 let Some(event) = conn.poll_event().and_then(|e| e.to_static()) else {
                     return Step::Again;
                 };
+                // A message received in pieces that the close cuts off.
+                let sequence = match event {
+                    Event::Closed { .. } => slot.sequence.take(),
+                    _ => None,
+                };
                 // The handles that watch the connection, before a close forgets them.
                 let handles = self.router.watching(id);
                 match event {
@@ -1410,7 +1619,19 @@ impl<S: Storage> Node<S> {
                     Event::Misbehaved { kind, points, .. } if kind != Misbehaviour::Application => {
                         self.on_misbehaved(index, points)
                     }
-                    Event::Closed { reason } => self.on_closed(index, reason),
+                    Event::Closed { reason } => {
+                        // A reply cut off halfway will not complete.
+                        if let Some(Streaming::Reply(rid)) = sequence {
+                            if self.requests.remove(&rid).is_some() {
+                                self.queue(Queued::RequestFailed(
+                                    id,
+                                    RequestId(rid),
+                                    RequestError::Closed,
+                                ));
+                            }
+                        }
+                        self.on_closed(index, reason)
+                    }
                     _ => {}
                 }
                 Step::Event(id, event, handles)
@@ -1454,15 +1675,19 @@ impl<S: Storage> Node<S> {
         let id = self.id_of(index);
         let requests = &mut self.requests;
         let router = &self.router;
-        let State::Live(conn) = &mut self.slots.get_mut(index as usize)?.state else {
+        let Slot {
+            state, sequence, ..
+        } = self.slots.get_mut(index as usize)?;
+        let State::Live(conn) = state else {
             return None;
         };
         match conn.poll_event()? {
             Event::Message(message) => {
-                let reply = message
-                    .header
-                    .request_id()
-                    .filter(|rid| requests.get(rid).is_some_and(|p| p.conn == id));
+                let reply = message.header.request_id().filter(|rid| {
+                    requests
+                        .get(rid)
+                        .is_some_and(|p| p.answered_by(id, &message.header))
+                });
                 Some(match reply {
                     Some(rid) => {
                         requests.remove(&rid);
@@ -1479,12 +1704,62 @@ impl<S: Storage> Node<S> {
                     },
                 })
             }
-            event => Some(Output::Event {
-                id,
-                event,
-                handles: router.watching(id),
+            // A message in pieces: routed (or matched to its request) at its start.
+            Event::SequenceStart { header, total } => {
+                let route = route_sequence(requests, router, id, &header);
+                *sequence = Some(route);
+                Some(piece(id, Event::SequenceStart { header, total }, route))
+            }
+            event => Some(match *sequence {
+                Some(route) => {
+                    // The end completes a reply.
+                    if let Event::SequenceEnd { .. } = event {
+                        *sequence = None;
+                        if let Streaming::Reply(rid) = route {
+                            requests.remove(&rid);
+                        }
+                    }
+                    piece(id, event, route)
+                }
+                None => Output::Event {
+                    id,
+                    event,
+                    handles: router.watching(id),
+                },
             }),
         }
+    }
+}
+
+/// Where the pieces of a message starting with `header` go: the reply to a request (whose
+/// timeout then stops), or the handles the message is for and those watching the connection.
+fn route_sequence(
+    requests: &mut Map<i32, Pending, FIXED_REQUESTS>,
+    router: &Router,
+    id: ConnId,
+    header: &Header,
+) -> Streaming {
+    let reply = header
+        .request_id()
+        .filter(|rid| requests.get(rid).is_some_and(|p| p.answered_by(id, header)));
+    match reply.and_then(|rid| requests.get_mut(&rid).map(|p| (rid, p))) {
+        Some((rid, pending)) => {
+            pending.streaming = true;
+            Streaming::Reply(rid)
+        }
+        None => Streaming::Routed(router.watching(id).union(router.matching(id, header))),
+    }
+}
+
+/// A piece of a message received in pieces, where `route` says.
+fn piece(id: ConnId, event: Event<'_>, route: Streaming) -> Output<'_> {
+    match route {
+        Streaming::Reply(rid) => Output::ReplyPart {
+            id,
+            request: RequestId(rid),
+            event,
+        },
+        Streaming::Routed(handles) => Output::Event { id, event, handles },
     }
 }
 

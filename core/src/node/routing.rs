@@ -75,6 +75,13 @@ impl HandleSet {
     fn insert(&mut self, index: u8) {
         self.bits |= 1 << index;
     }
+
+    /// The handles in either set.
+    pub(crate) fn union(self, other: HandleSet) -> HandleSet {
+        HandleSet {
+            bits: self.bits | other.bits,
+        }
+    }
 }
 
 impl fmt::Debug for HandleSet {

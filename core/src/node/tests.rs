@@ -26,6 +26,7 @@ enum O {
     Event(ConnId, String),
     Message(ConnId, Header, Vec<u8>, Vec<usize>),
     Reply(ConnId, RequestId, Vec<u8>),
+    ReplyPart(ConnId, RequestId, String),
     RequestFailed(ConnId, RequestId, RequestError),
     Reconnecting(ConnId, Instant, u32),
     Removed(ConnId, (usize, usize)),
@@ -33,7 +34,7 @@ enum O {
     Unbanned(IpAddr),
 }
 
-fn drain(n: &mut N) -> Vec<O> {
+fn drain<S: Storage>(n: &mut Node<S>) -> Vec<O> {
     let mut out = Vec::new();
     while let Some(o) = n.poll_output() {
         out.push(match o {
@@ -56,6 +57,9 @@ fn drain(n: &mut N) -> Vec<O> {
                 request,
                 message,
             } => O::Reply(id, request, message.body.to_vec()),
+            Output::ReplyPart { id, request, event } => {
+                O::ReplyPart(id, request, format!("{event:?}"))
+            }
             Output::RequestFailed { id, request, error } => O::RequestFailed(id, request, error),
             Output::Reconnecting { id, at, attempt } => O::Reconnecting(id, at, attempt),
             Output::Removed { id, unsent } => O::Removed(id, unsent),
@@ -67,7 +71,12 @@ fn drain(n: &mut N) -> Vec<O> {
 }
 
 /// Moves bytes between linked connections of two nodes until quiet; returns both outputs.
-fn pump(now: Instant, a: &mut N, b: &mut N, links: &[(ConnId, ConnId)]) -> (Vec<O>, Vec<O>) {
+fn pump<S: Storage>(
+    now: Instant,
+    a: &mut Node<S>,
+    b: &mut Node<S>,
+    links: &[(ConnId, ConnId)],
+) -> (Vec<O>, Vec<O>) {
     let (mut oa, mut ob) = (Vec::new(), Vec::new());
     for _ in 0..1000 {
         oa.extend(drain(a));
@@ -86,7 +95,13 @@ fn pump(now: Instant, a: &mut N, b: &mut N, links: &[(ConnId, ConnId)]) -> (Vec<
     panic!("pump did not settle");
 }
 
-fn carry(now: Instant, from: &mut N, x: ConnId, to: &mut N, y: ConnId) -> bool {
+fn carry<S: Storage>(
+    now: Instant,
+    from: &mut Node<S>,
+    x: ConnId,
+    to: &mut Node<S>,
+    y: ConnId,
+) -> bool {
     let mut moved = false;
     while let Some(data) = from.poll_transmit(x) {
         let data = data.to_vec();
@@ -108,8 +123,16 @@ fn carry(now: Instant, from: &mut N, x: ConnId, to: &mut N, y: ConnId) -> bool {
 
 /// A client node connected to a server node.
 fn connected(client_cfg: NodeConfig, server_cfg: NodeConfig) -> (N, N, ConnId, ConnId) {
-    let mut client = N::new(t(0), client_cfg);
-    let mut server = N::new(t(0), server_cfg);
+    connected_with(client_cfg, server_cfg)
+}
+
+/// [`connected`] with any storage.
+fn connected_with<S: Storage>(
+    client_cfg: NodeConfig,
+    server_cfg: NodeConfig,
+) -> (Node<S>, Node<S>, ConnId, ConnId) {
+    let mut client = Node::<S>::new(t(0), client_cfg);
+    let mut server = Node::<S>::new(t(0), server_cfg);
     let c = client.connect(t(0), addr(1, 1235)).unwrap();
     assert_eq!(drain(&mut client), vec![O::Connect(c, addr(1, 1235))]);
     let s = server.accept(t(0), addr(2, 40000)).unwrap();
@@ -265,19 +288,19 @@ fn a_dropped_connection_reconnects_and_resends() {
     // Queued while the connection drops, partly written.
     let big = [5u8; 20_000];
     client
-        .send(t(1), c, msg(1, 2, &big), Priority::Normal)
+        .send(t(19), c, msg(1, 2, &big), Priority::Normal)
         .unwrap();
     let n = client.poll_transmit(c).unwrap().len();
     client.consume_transmit(c, n / 2);
-    client.handle_eof(t(2), c).unwrap();
+    client.handle_eof(t(20), c).unwrap();
     let out = drain(&mut client);
     assert!(out.contains(&O::Disconnect(c)));
-    assert!(out.contains(&O::Reconnecting(c, t(2), 0)), "{out:?}");
-    client.handle_timeout(t(2));
+    assert!(out.contains(&O::Reconnecting(c, t(20), 0)), "{out:?}");
+    client.handle_timeout(t(20));
     assert_eq!(drain(&mut client), vec![O::Connect(c, addr(1, 1235))]);
-    let s2 = server.accept(t(2), addr(2, 40001)).unwrap();
-    client.handle_connected(t(2), c).unwrap();
-    let (_, out) = pump(t(2), &mut client, &mut server, &[(c, s2)]);
+    let s2 = server.accept(t(20), addr(2, 40001)).unwrap();
+    client.handle_connected(t(20), c).unwrap();
+    let (_, out) = pump(t(20), &mut client, &mut server, &[(c, s2)]);
     assert!(out.contains(&O::Message(s2, Header::new(1, 2), big.to_vec(), vec![])));
 }
 
@@ -697,4 +720,545 @@ fn connect_answers_without_a_connect_are_ignored() {
     n.handle_connect_failed(t(0), c).unwrap();
     let out = drain(&mut n);
     assert_eq!(out.len(), 1, "{out:?}");
+}
+
+// Regressions found in the audit.
+
+/// The reconnect of an output list, if any: when, and the attempt.
+fn reconnecting(out: &[O]) -> Option<(Instant, u32)> {
+    out.iter().find_map(|o| match o {
+        O::Reconnecting(_, at, attempt) => Some((*at, *attempt)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_deferred_removal_never_hits_a_newer_connection() {
+    for ban in [false, true] {
+        let mut n = N::new(t(0), NodeConfig::default());
+        let c = n.connect(t(0), addr(1, 1)).unwrap();
+        assert_eq!(drain(&mut n), vec![O::Connect(c, addr(1, 1))]);
+        // Closed (or banned) while the TCP connect is in flight.
+        if ban {
+            n.ban(t(1), addr(1, 1).ip());
+        } else {
+            n.close(t(1), c).unwrap();
+        }
+        // The application takes outputs up to the `Closed`...
+        loop {
+            match n.poll_output() {
+                Some(Output::Event {
+                    event: Event::Closed { .. },
+                    ..
+                }) => break,
+                Some(_) => {}
+                None => panic!("no Closed"),
+            }
+        }
+        // ...then the connect fails, and a new peer comes in before the next poll.
+        let _ = n.handle_connect_failed(t(1), c);
+        let b = n.accept(t(1), addr(2, 1)).unwrap();
+        let out = drain(&mut n);
+        assert!(out.contains(&O::Removed(c, (0, 0))), "{out:?}");
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, O::Removed(id, _) if *id == b)),
+            "ban={ban}: {out:?}"
+        );
+        assert!(n.connection(b).is_some(), "ban={ban}");
+        assert_eq!(n.connections().collect::<Vec<_>>(), vec![b]);
+        assert!(n.handle_connect_failed(t(2), c).is_err());
+    }
+}
+
+#[test]
+fn a_peers_request_with_our_request_id_is_not_a_reply() {
+    let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
+    let service = server.open_handle(Scope::Node).unwrap();
+    server.subscribe(service, 5, None).unwrap();
+    // Both sides use `request`, so both number from 1, on different services.
+    let mine = client
+        .request(t(0), c, msg(5, 0, b"client asks"), Duration::from_secs(30))
+        .unwrap();
+    let theirs = server
+        .request(t(0), s, msg(6, 0, b"server asks"), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(mine, theirs);
+    let (client_out, server_out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
+    let request = |svc, body: &[u8]| {
+        let mut h = Header::new(svc, 0);
+        h.ints.set(tags::REQUEST_ID, mine.0).unwrap();
+        (h, body.to_vec())
+    };
+    let (h, body) = request(5, b"client asks");
+    assert!(
+        server_out.contains(&O::Message(s, h, body, vec![service.index()])),
+        "{server_out:?}"
+    );
+    // The server's request (service 6) carries our id but is not the reply to ours.
+    let (h, body) = request(6, b"server asks");
+    assert!(client_out.contains(&O::Message(c, h, body, vec![])));
+    assert!(!client_out.iter().any(|o| matches!(o, O::Reply(..))));
+    assert!(!server_out.iter().any(|o| matches!(o, O::Reply(..))));
+    // The real replies match: a message on the same service, and a CommandFailed.
+    let mut reply = Header::new(5, 1);
+    reply.ints.set(tags::REQUEST_ID, mine.0).unwrap();
+    server
+        .send(t(1), s, Message::new(reply, b"answer"), Priority::Normal)
+        .unwrap();
+    let mut failed = Header::new(0, 2);
+    failed.ints.set(tags::REQUEST_ID, theirs.0).unwrap();
+    client
+        .send(
+            t(1),
+            c,
+            Message::new(failed, b"unsupported"),
+            Priority::Normal,
+        )
+        .unwrap();
+    let (client_out, server_out) = pump(t(1), &mut client, &mut server, &[(c, s)]);
+    assert!(client_out.contains(&O::Reply(c, mine, b"answer".to_vec())));
+    assert!(server_out.contains(&O::Reply(s, theirs, b"unsupported".to_vec())));
+    assert_eq!((client.usage().requests, server.usage().requests), (0, 0));
+}
+
+#[test]
+fn failed_connects_count_until_a_write_completes() {
+    let mut n = N::new(t(0), NodeConfig::default());
+    let c = n.connect(t(0), addr(1, 1)).unwrap();
+    let mut now = t(0);
+    // Two failed connects: 0 s, then 4 s.
+    for expected in [(0, 1), (4, 2)] {
+        drain(&mut n);
+        n.handle_connect_failed(now, c).unwrap();
+        let (at, attempt) = reconnecting(&drain(&mut n)).unwrap();
+        assert_eq!(((at - now).as_secs(), attempt), expected);
+        now = at;
+        n.handle_timeout(now);
+    }
+    // Connected, nothing written: a connect is no success yet (spec §8.2). The drop of a
+    // connection that lived long is healthy: at once.
+    drain(&mut n);
+    n.handle_connected(now, c).unwrap();
+    drain(&mut n);
+    now = now + Duration::from_secs(30);
+    n.handle_eof(now, c).unwrap();
+    assert_eq!(reconnecting(&drain(&mut n)), Some((now, 0)));
+    n.handle_timeout(now);
+    drain(&mut n);
+    // The count goes on from 2.
+    n.handle_connect_failed(now, c).unwrap();
+    let (at, attempt) = reconnecting(&drain(&mut n)).unwrap();
+    assert_eq!(((at - now).as_secs(), attempt), (13, 3));
+    now = at;
+    n.handle_timeout(now);
+    drain(&mut n);
+    // A completed write ends the run.
+    n.handle_connected(now, c).unwrap();
+    n.send(now, c, msg(1, 1, b"x"), Priority::Normal).unwrap();
+    drain(&mut n);
+    let len = n.poll_transmit(c).unwrap().len();
+    n.consume_transmit(c, len);
+    now = now + Duration::from_secs(30);
+    n.handle_eof(now, c).unwrap();
+    assert_eq!(reconnecting(&drain(&mut n)), Some((now, 0)));
+    n.handle_timeout(now);
+    drain(&mut n);
+    n.handle_connect_failed(now, c).unwrap();
+    assert_eq!(reconnecting(&drain(&mut n)), Some((now, 1)));
+}
+
+#[test]
+fn a_peer_that_accepts_and_drops_at_once_is_backed_off_even_after_traffic() {
+    let (mut client, mut server, c, mut s) =
+        connected(NodeConfig::default(), NodeConfig::default());
+    let mut now = t(0);
+    let mut delays = Vec::new();
+    for round in 0..6u16 {
+        // Both ways: a write completes and a frame comes in; then the peer drops at once.
+        client
+            .send(now, c, msg(1, 1, b"hello"), Priority::Normal)
+            .unwrap();
+        server
+            .send(now, s, msg(1, 2, b"bye"), Priority::Normal)
+            .unwrap();
+        let (out, _) = pump(now, &mut client, &mut server, &[(c, s)]);
+        assert!(out.iter().any(|o| matches!(o, O::Message(..))));
+        let dropped = now + Duration::from_secs(1);
+        client.handle_eof(dropped, c).unwrap();
+        let (at, attempt) = reconnecting(&drain(&mut client)).unwrap();
+        delays.push(((at - dropped).as_secs(), attempt));
+        now = at;
+        client.handle_timeout(now);
+        assert_eq!(drain(&mut client), vec![O::Connect(c, addr(1, 1235))]);
+        s = server.accept(now, addr(2, 41000 + round)).unwrap();
+        client.handle_connected(now, c).unwrap();
+    }
+    assert_eq!(
+        delays,
+        vec![(0, 1), (4, 2), (13, 3), (32, 4), (44, 5), (44, 6)]
+    );
+    // A connection that stays up is healthy again: the next drop reconnects at once.
+    pump(now, &mut client, &mut server, &[(c, s)]);
+    let dropped = now + Duration::from_secs(60);
+    client.handle_eof(dropped, c).unwrap();
+    assert_eq!(reconnecting(&drain(&mut client)), Some((dropped, 0)));
+}
+
+#[test]
+fn huge_settings_do_not_overflow() {
+    let cfg = NodeConfig {
+        max_connections: NonZeroUsize::MAX,
+        max_connections_per_ip: Some(NonZeroU32::MAX),
+        ban_threshold: NonZeroU32::MAX,
+        ban_duration: Duration::MAX,
+        score_decay_per_hour: u32::MAX,
+        max_bans: NonZeroUsize::MAX,
+        max_scores: NonZeroUsize::MAX,
+        rate_limit: true,
+        rate_log_len: NonZeroUsize::MAX,
+        max_allowed: NonZeroUsize::MAX,
+        reconnect_after_drop: Duration::MAX,
+        stable_after: Duration::MAX,
+        max_pending_requests: NonZeroUsize::MAX,
+        ..NodeConfig::default()
+    };
+    let (mut client, mut server, c, s) = connected(cfg.clone(), cfg);
+    let r = client
+        .request(t(0), c, msg(1, 0, b""), Duration::MAX)
+        .unwrap();
+    pump(t(0), &mut client, &mut server, &[(c, s)]);
+    server.punish(t(1), s, u32::MAX).unwrap();
+    server.ban(t(1), addr(9, 0).ip());
+    let record = BanRecord {
+        ip: addr(8, 0).ip(),
+        until_unix_secs: u64::MAX,
+    };
+    assert_eq!(server.import_bans(t(1), 0, [record]), 1);
+    assert!(server.allow(addr(7, 0).ip()));
+    drain(&mut server);
+    client.handle_eof(t(2), c).unwrap();
+    assert!(drain(&mut client).contains(&O::Reconnecting(c, Instant::MAX, 1)));
+    client.handle_timeout(Instant::MAX);
+    server.handle_timeout(Instant::MAX);
+    let mut out = drain(&mut client);
+    drain(&mut server);
+    client.close(Instant::MAX, c).unwrap();
+    out.extend(drain(&mut client));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, O::RequestFailed(id, req, _) if (*id, *req) == (c, r))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn request_failures_are_never_lost() {
+    let cfg = NodeConfig {
+        max_connections: NonZeroUsize::MIN,
+        max_bans: NonZeroUsize::MIN,
+        max_pending_requests: NonZeroUsize::new(2).unwrap(),
+        ..NodeConfig::default()
+    };
+    let (mut client, _server, c, _s) = connected(cfg, NodeConfig::default());
+    drain(&mut client);
+    // The application makes requests that time out, and does not poll outputs for a while.
+    let mut accepted = Vec::new();
+    // (80 s: before the first ping, whose pong never comes here.)
+    for i in 0..80 {
+        match client.request(t(i), c, msg(1, 0, b""), Duration::from_secs(1)) {
+            Ok(r) => accepted.push(r),
+            Err(SendError::QueueFull(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        client.handle_timeout(t(i + 1));
+    }
+    assert_eq!(
+        accepted.len(),
+        2,
+        "failures not polled yet count as pending"
+    );
+    assert!(client.usage().queued_outputs <= 4 + 2 + 2 + 64);
+    let failed: Vec<RequestId> = drain(&mut client)
+        .into_iter()
+        .filter_map(|o| match o {
+            O::RequestFailed(_, r, RequestError::Timeout) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, accepted);
+    assert_eq!(client.usage().dropped_outputs, 0);
+    // Once they are out, requests are taken again.
+    assert!(
+        client
+            .request(t(300), c, msg(1, 0, b""), Duration::from_secs(1))
+            .is_ok()
+    );
+}
+
+#[test]
+fn an_import_reports_only_the_bans_it_pushed_out() {
+    let cfg = NodeConfig {
+        max_bans: NonZeroUsize::new(2).unwrap(),
+        ..NodeConfig::default()
+    };
+    let mut n = N::new(t(0), cfg);
+    let ip = |b: u8| addr(b, 0).ip();
+    let rec = |b: u8, secs: u64| BanRecord {
+        ip: ip(b),
+        until_unix_secs: 1_000 + secs,
+    };
+    n.ban(t(0), ip(1));
+    drain(&mut n);
+    // 2 is added, pushed out by 3, which is pushed out by 4: the application never heard of
+    // 2 and 3 as bans, so they do not end either.
+    assert_eq!(
+        n.import_bans(t(0), 1_000, [rec(2, 100), rec(3, 200), rec(4, 300)]),
+        1
+    );
+    assert_eq!(drain(&mut n), vec![]);
+    assert!(n.banned_until(ip(4)).is_some() && n.banned_until(ip(1)).is_some());
+    // A later import that pushes out bans from before reports every one of them.
+    assert_eq!(
+        n.import_bans(t(0), 1_000, [rec(5, 200_000), rec(6, 200_000)]),
+        2
+    );
+    assert_eq!(drain(&mut n), vec![O::Unbanned(ip(4)), O::Unbanned(ip(1))]);
+    // Many at once: no notice is cut off.
+    let cfg = NodeConfig {
+        max_bans: NonZeroUsize::new(40).unwrap(),
+        ..NodeConfig::default()
+    };
+    let mut n = N::new(t(0), cfg);
+    for b in 0..40 {
+        n.ban(t(0), addr(b, 0).ip());
+    }
+    drain(&mut n);
+    let records: Vec<BanRecord> = (100..140).map(|b| rec(b, 200_000)).collect();
+    assert_eq!(n.import_bans(t(0), 1_000, records), 40);
+    let out = drain(&mut n);
+    assert_eq!(out.len(), 40);
+    assert!(out.iter().all(|o| matches!(o, O::Unbanned(_))));
+}
+
+#[test]
+fn allowed_addresses_skip_admission_and_scoring() {
+    let cfg = NodeConfig {
+        rate_limit: true,
+        max_connections_per_ip: Some(NonZeroU32::new(3).unwrap()),
+        ..NodeConfig::default()
+    };
+    let mut n = N::new(t(0), cfg);
+    let ip = addr(7, 0).ip();
+    n.ban(t(0), ip);
+    drain(&mut n);
+    let until = n.banned_until(ip).unwrap();
+    assert!(n.allow(ip));
+    // Banned, five at once (over the per-IP limit and the rate limiter): all accepted.
+    let ids: Vec<ConnId> = (0..5)
+        .map(|i| n.accept(t(1), addr(7, 100 + i)).unwrap())
+        .collect();
+    // Neither protocol errors nor punishment score it.
+    n.handle_input(t(1), ids[0], b"GET / HTTP/1.1\r\n").unwrap();
+    n.punish(t(1), ids[1], 5_000).unwrap();
+    let out = drain(&mut n);
+    assert_eq!(n.score(ip), 0);
+    assert_eq!(n.banned_until(ip), Some(until), "no new ban");
+    assert!(!out.iter().any(|o| matches!(o, O::Banned(..))), "{out:?}");
+    assert!(n.connection(ids[1]).is_some());
+    // Off the list, every check applies again.
+    n.disallow(ip);
+    assert_eq!(n.accept(t(2), addr(7, 200)), Err(Refused::Banned { until }));
+    n.unban(ip);
+    assert_eq!(
+        n.accept(t(2), addr(7, 200)),
+        Err(Refused::TooManyFromAddress)
+    );
+    for &id in &ids[1..] {
+        n.close(t(2), id).unwrap();
+    }
+    drain(&mut n);
+    assert!(n.accept(t(3), addr(7, 300)).is_ok());
+    assert!(n.accept(t(3), addr(7, 301)).is_ok());
+    assert_eq!(n.accept(t(3), addr(7, 302)), Err(Refused::RateLimited));
+    n.punish(t(3), ids[1], 1).unwrap_err();
+    let s = n.connections().last().unwrap();
+    n.punish(t(3), s, 10).unwrap();
+    assert_eq!(n.score(ip), 10);
+}
+
+#[test]
+fn a_node_with_fixed_storage_exchanges_messages_and_requests() {
+    type F = Node<crate::storage::Fixed>;
+    let (mut client, mut server, c, s) =
+        connected_with::<crate::storage::Fixed>(NodeConfig::default(), NodeConfig::default());
+    let service = server.open_handle(Scope::Node).unwrap();
+    server.subscribe(service, 3, None).unwrap();
+    client
+        .send(t(0), c, msg(3, 7, b"fixed"), Priority::Normal)
+        .unwrap();
+    let r = client
+        .request(t(0), c, msg(3, 0, b"ask"), Duration::from_secs(5))
+        .unwrap();
+    let (_, out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
+    assert!(out.contains(&O::Message(
+        s,
+        Header::new(3, 7),
+        b"fixed".to_vec(),
+        vec![service.index()]
+    )));
+    let asked = out
+        .iter()
+        .find_map(|o| match o {
+            O::Message(_, h, ..) if h.message_id == Some(0) => Some(*h),
+            _ => None,
+        })
+        .unwrap();
+    let mut reply = Header::new(3, 1);
+    reply.ints = asked.ints;
+    server
+        .send(t(1), s, Message::new(reply, b"answer"), Priority::Normal)
+        .unwrap();
+    let (out, _) = pump(t(1), &mut client, &mut server, &[(c, s)]);
+    assert!(out.contains(&O::Reply(c, r, b"answer".to_vec())));
+    let usage = F::usage(&client);
+    assert_eq!((usage.connections, usage.requests), (1, 0));
+}
+
+#[test]
+fn a_client_pinged_by_the_server_is_removed_without_reconnecting() {
+    let (mut client, _server, c, _s) = connected(NodeConfig::default(), NodeConfig::default());
+    drain(&mut client);
+    client
+        .handle_input(t(1), c, &crate::frame::PING_FRAME)
+        .unwrap();
+    let out = drain(&mut client);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, O::Event(_, e) if e.contains("PeerPinged"))),
+        "{out:?}"
+    );
+    assert!(out.contains(&O::Disconnect(c)));
+    assert!(out.contains(&O::Removed(c, (0, 0))), "{out:?}");
+    assert!(reconnecting(&out).is_none(), "{out:?}");
+    client.handle_timeout(t(100));
+    assert_eq!(drain(&mut client), vec![]);
+    assert!(client.is_empty());
+}
+
+#[test]
+fn replies_and_messages_in_pieces_are_matched_and_routed() {
+    let chunks = NodeConfig {
+        connection: Config {
+            sequence_delivery: crate::connection::SequenceDelivery::Chunks,
+            ..Config::default()
+        },
+        ..NodeConfig::default()
+    };
+    let (mut client, mut server, c, s) = connected(chunks, NodeConfig::default());
+    let service = client.open_handle(Scope::Node).unwrap();
+    client.subscribe(service, 5, None).unwrap();
+    let r = client
+        .request(t(0), c, msg(5, 0, b"ask"), Duration::from_secs(5))
+        .unwrap();
+    let (_, out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
+    let asked = out
+        .iter()
+        .find_map(|o| match o {
+            O::Message(_, h, ..) => Some(*h),
+            _ => None,
+        })
+        .unwrap();
+    // A reply over 8000 bytes travels as a sequence, and a big message that is no reply.
+    let big = [7u8; 20_000];
+    let mut reply = Header::new(5, 1);
+    reply.ints = asked.ints;
+    server
+        .send(t(1), s, Message::new(reply, &big), Priority::Normal)
+        .unwrap();
+    server
+        .send(t(1), s, msg(5, 9, &big), Priority::Normal)
+        .unwrap();
+    let (out, _) = pump(t(1), &mut client, &mut server, &[(c, s)]);
+    let parts: Vec<&String> = out
+        .iter()
+        .filter_map(|o| match o {
+            O::ReplyPart(id, req, e) if (*id, *req) == (c, r) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !parts.is_empty() && parts[0].starts_with("SequenceStart"),
+        "{out:?}"
+    );
+    assert!(parts[1].starts_with("SequenceChunk"), "{out:?}");
+    assert_eq!(
+        parts.last().unwrap().as_str(),
+        "SequenceEnd { received: 20000 }"
+    );
+    assert_eq!(client.usage().requests, 0);
+    // The other message goes to the service, piece by piece.
+    let routed: Vec<&String> = out
+        .iter()
+        .filter_map(|o| match o {
+            O::Event(id, e) if *id == c && e.starts_with("Sequence") => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert!(routed.len() >= 4, "{out:?}");
+    server
+        .send(t(2), s, msg(5, 11, &big), Priority::Normal)
+        .unwrap();
+    carry(t(2), &mut server, s, &mut client, c);
+    let mut pieces = 0;
+    while let Some(o) = client.poll_output() {
+        if let Output::Event {
+            event: Event::SequenceStart { .. } | Event::SequenceChunk(_) | Event::SequenceEnd { .. },
+            handles,
+            ..
+        } = o
+        {
+            assert!(handles.contains(service), "{handles:?}");
+            pieces += 1;
+        }
+    }
+    assert!(pieces >= 4);
+    // No false timeout later.
+    client.handle_timeout(t(10));
+    assert!(
+        !drain(&mut client)
+            .iter()
+            .any(|o| matches!(o, O::RequestFailed(..)))
+    );
+    // A reply cut off halfway fails the request at once.
+    let r2 = client
+        .request(t(10), c, msg(5, 2, b"ask"), Duration::from_secs(60))
+        .unwrap();
+    let (_, out) = pump(t(10), &mut client, &mut server, &[(c, s)]);
+    let asked = out
+        .iter()
+        .find_map(|o| match o {
+            O::Message(_, h, ..) => Some(*h),
+            _ => None,
+        })
+        .unwrap();
+    let mut reply = Header::new(5, 3);
+    reply.ints = asked.ints;
+    server
+        .send(t(11), s, Message::new(reply, &big), Priority::Normal)
+        .unwrap();
+    let wire = server.poll_transmit(s).unwrap()[..9_000].to_vec();
+    client.handle_input(t(11), c, &wire).unwrap();
+    client.handle_eof(t(11), c).unwrap();
+    let out = drain(&mut client);
+    assert!(
+        out.iter().any(
+            |o| matches!(o, O::ReplyPart(_, req, e) if *req == r2 && e.starts_with("SequenceStart"))
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&O::RequestFailed(c, r2, RequestError::Closed)),
+        "{out:?}"
+    );
 }

@@ -1,0 +1,286 @@
+//! Shutdown, drop, full queues and failed connects, over loopback TCP (the std adapter's
+//! `loopback.rs` has the same tests). Every wait is on a real condition with a generous
+//! timeout, never a fixed sleep.
+
+use flowee_smol::{
+    Client, CloseReason, Events, Header, Message, NodeConfig, NodeEvent, Priority, Request,
+    Responder, SendError, Server, reply_header,
+};
+use smol::future::FutureExt;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::num::NonZeroUsize;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any condition may take to come true on a loaded machine.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
+    let _ = out.reply(Message::new(
+        reply_header(&req.message.header),
+        req.message.body,
+    ));
+}
+
+fn body_of(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j) as u8).collect()
+}
+
+/// `f`, or a panic naming `what` if it takes longer than [`WAIT`].
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    f.or(async {
+        smol::Timer::after(WAIT).await;
+        panic!("{what}: not done in {WAIT:?}")
+    })
+    .await
+}
+
+/// The first event that matches.
+async fn wait_event(events: &mut Events, matches: impl Fn(&NodeEvent) -> bool) -> NodeEvent {
+    within("waiting for an event", async {
+        loop {
+            let e = events.next().await.expect("the event stream ended");
+            if matches(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+}
+
+#[test]
+fn the_port_is_free_as_soon_as_shutdown_returns() {
+    smol::block_on(async {
+        let first = Server::bind("127.0.0.1:0", NodeConfig::default())
+            .await
+            .unwrap();
+        let addr = first.local_addr();
+        first.shutdown().await;
+        drop(first);
+        for round in 0..200 {
+            // Shut down right after bind (before the accept task has run, most likely), or
+            // with connections arriving meanwhile: either way the port must be free after.
+            let server = Server::bind(addr, NodeConfig::default())
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: bind {addr}: {e}"));
+            let peers: Vec<TcpStream> = (0..round % 3)
+                .filter_map(|_| TcpStream::connect(addr).ok())
+                .collect();
+            within("shutdown", server.shutdown()).await;
+            drop(peers);
+            // Dropping after the shutdown changes nothing.
+            drop(server);
+        }
+        // Still usable as a server after all that.
+        let server = Server::bind(addr, NodeConfig::default()).await.unwrap();
+        server.handle(3, None, echo).unwrap();
+        let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
+        let reply = client
+            .request(Message::new(Header::new(3, 2), b"up"), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(&reply.body[..], b"up");
+        client.close().await;
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn a_server_dropped_right_after_bind_lets_go_of_its_port() {
+    smol::block_on(async {
+        for _ in 0..50 {
+            let server = Server::bind("127.0.0.1:0", NodeConfig::default())
+                .await
+                .unwrap();
+            let addr = server.local_addr();
+            drop(server);
+            // The drop shuts down in the background: the port comes free soon after.
+            let end = Instant::now() + WAIT;
+            loop {
+                match TcpListener::bind(addr) {
+                    Ok(_) => break,
+                    Err(e) => assert!(Instant::now() < end, "{addr} still taken: {e}"),
+                }
+                smol::Timer::after(Duration::from_millis(1)).await;
+            }
+        }
+    });
+}
+
+#[test]
+fn shutdown_writes_what_is_queued_first() {
+    smol::block_on(async {
+        let server = Server::bind("127.0.0.1:0", NodeConfig::default())
+            .await
+            .unwrap();
+        server.handle(3, None, echo).unwrap();
+        let mut events = server.events();
+        let client = Client::connect(server.local_addr(), NodeConfig::default())
+            .await
+            .unwrap();
+        let mut client_events = client.events();
+        let mut sub = client.subscribe(9).unwrap();
+        let NodeEvent::Connected { id, .. } =
+            wait_event(&mut events, |e| matches!(e, NodeEvent::Connected { .. })).await
+        else {
+            unreachable!()
+        };
+        let replier = server.replier(id);
+        const COUNT: usize = 300;
+        for i in 0..COUNT {
+            let body = body_of(i, 16 * 1024);
+            replier
+                .send(
+                    Message::new(Header::new(9, i as i32), &body),
+                    Priority::Normal,
+                )
+                .unwrap();
+        }
+        // About 5 MB queued; shutdown writes it all before closing.
+        within("shutdown", server.shutdown()).await;
+        for i in 0..COUNT {
+            let m = within("a queued message", sub.next())
+                .await
+                .unwrap_or_else(|| panic!("the stream ended before message {i}"));
+            assert_eq!(m.header.message_id, Some(i as i32));
+            assert!(m.body == body_of(i, 16 * 1024), "message {i} damaged");
+        }
+        wait_event(&mut client_events, |e| {
+            matches!(
+                e,
+                NodeEvent::Closed {
+                    reason: CloseReason::Eof,
+                    ..
+                }
+            )
+        })
+        .await;
+        assert_eq!(sub.lost(), 0);
+        client.close().await;
+    });
+}
+
+#[test]
+fn dropping_a_client_writes_what_is_queued_first() {
+    // A peer that accepts and does not read until told, so the queue is still full when
+    // the client is dropped.
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = raw.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let reader = thread::spawn(move || {
+        let (mut stream, _) = raw.accept().unwrap();
+        go_rx.recv().unwrap();
+        let mut buf = vec![0; 64 * 1024];
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    const COUNT: usize = 300;
+    const LEN: usize = 16 * 1024;
+    smol::block_on(async {
+        let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
+        for i in 0..COUNT {
+            client
+                .send(
+                    Message::new(Header::new(9, i as i32), &body_of(i, LEN)),
+                    Priority::Normal,
+                )
+                .unwrap();
+        }
+        assert!(client.stats().unwrap().queued_bytes > 0);
+        // About 5 MB queued; the drop writes it in the background, as the std client does.
+        drop(client);
+        // Time for a drop that threw the queue away to have done so.
+        smol::Timer::after(Duration::from_millis(200)).await;
+    });
+    go_tx.send(()).unwrap();
+    let total = reader.join().unwrap();
+    assert!(total >= COUNT * LEN, "{total} < {COUNT} × 16 KiB");
+}
+
+#[test]
+fn a_full_queue_gives_the_message_back() {
+    // A peer that accepts and does not read until told: the socket buffers fill, then the
+    // one-message queue.
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = raw.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let reader = thread::spawn(move || {
+        let (mut stream, _) = raw.accept().unwrap();
+        go_rx.recv().unwrap();
+        let mut buf = vec![0; 64 * 1024];
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+
+    smol::block_on(async {
+        let mut config = NodeConfig::default();
+        config.connection.normal_queue_len = NonZeroUsize::new(1).unwrap();
+        let client = Client::connect(addr, config).await.unwrap();
+        let body = vec![0x5a; 64 * 1024];
+        let end = Instant::now() + WAIT;
+        let mut accepted = 0usize;
+        loop {
+            assert!(Instant::now() < end, "the queue never filled");
+            let header = Header::new(4, accepted as i32);
+            match client.send(Message::new(header, &body), Priority::Normal) {
+                Ok(()) => accepted += 1,
+                Err(SendError::QueueFull(m)) => {
+                    // The very message comes back, body not copied.
+                    assert_eq!(m.header, header);
+                    assert!(std::ptr::eq(m.body, &body[..]));
+                    break;
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+            smol::future::yield_now().await;
+        }
+        assert!(accepted >= 1);
+
+        // Once the peer reads, the queue drains and takes messages again.
+        go_tx.send(()).unwrap();
+        let end = Instant::now() + WAIT;
+        while client
+            .send(Message::new(Header::new(4, -1), b"again"), Priority::Normal)
+            .is_err()
+        {
+            assert!(Instant::now() < end, "the queue never drained");
+            // A poll interval, not a synchronisation: the send is tried again.
+            smol::Timer::after(Duration::from_millis(1)).await;
+        }
+        client.close().await;
+        let total = reader.join().unwrap();
+        assert!(
+            total >= accepted * body.len(),
+            "{total} < {accepted} × 64 KiB"
+        );
+    });
+}
+
+#[test]
+fn a_failed_connect_keeps_its_io_error() {
+    // A port nobody listens on (bound, then let go).
+    let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = smol::block_on(Client::connect(addr, NodeConfig::default()))
+        .err()
+        .expect("nothing listens");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    // The operating system's own error, not a summary of it.
+    assert!(e.raw_os_error().is_some(), "{e:?}");
+}
