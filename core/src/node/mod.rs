@@ -550,9 +550,8 @@ enum Key {
 struct Pending {
     conn: ConnId,
     deadline: Instant,
-    /// The request's service and message id: a reply comes on the same service.
+    /// The request's service: a reply comes on the same service.
     service: i32,
-    message: Option<i32>,
     /// Its reply is arriving in pieces: no timeout.
     streaming: bool,
 }
@@ -1117,7 +1116,6 @@ impl<S: Storage> Node<S> {
             conn: id,
             deadline,
             service: message.header.service_id,
-            message: message.header.message_id,
             streaming: false,
         };
         self.send(now, id, message, Priority::Normal)?;
