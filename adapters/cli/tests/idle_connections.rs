@@ -1,7 +1,8 @@
 //! Ten thousand idle connections on the smol server (`flowee-cli serve`, its own process),
-//! each pinging once a second: the server's memory per connection and its CPU.
+//! each pinging once a second: the server's memory per connection and its CPU, and the CPU
+//! of a bare tokio ping answerer under the same load in the same run (the machine's floor).
 //!
-//! Ignored by default (it opens 10,000 sockets and takes about half a minute):
+//! Ignored by default (it opens 10,000 sockets twice and takes about a minute):
 //!
 //! ```text
 //! cargo test --release -p flowee-cli --test idle_connections -- --ignored --nocapture
@@ -13,7 +14,7 @@
 
 mod common;
 
-use common::{Server, connect_from, raise_fd_limit, read_within};
+use common::{Server, connect_from, cpu_split_secs, raise_fd_limit, read_within};
 use flowee_proto::frame::{PING_FRAME, PONG_FRAME};
 use smol::io::AsyncWriteExt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,15 +30,92 @@ const MAX_CPU: f64 = 0.10;
 #[test]
 #[ignore = "opens 10,000 connections; see the file's doc for the command"]
 fn ten_thousand_idle_connections() {
-    raise_fd_limit(CONNECTIONS as u64 + 1000);
+    raise_fd_limit(2 * CONNECTIONS as u64 + 1000);
     let server = Server::start(&["--max-connections", "20000"]);
     // Let it settle before the baseline.
     std::thread::sleep(Duration::from_millis(500));
     let rss_before = server.rss_kib();
+    let mut rss_after = 0;
+    let mut open = 0;
+    let ours = drive(server.addr, &|| server.cpu_split_secs(), &mut || {
+        rss_after = server.rss_kib();
+        open = server.open_connections();
+    });
+    drop(server.stop());
+    // The same load against the least a server can do: a tokio task per connection that
+    // answers each ping with a pong, on one thread. What that costs is this machine's floor
+    // (loopback delivery, wake-ups, epoll), whatever the protocol stack.
+    let (floor_addr, floor_stat) = floor_server();
+    let floor = drive(floor_addr, &|| cpu_split_secs(&floor_stat), &mut || {});
+
+    let per_connection = (rss_after.saturating_sub(rss_before)) as f64 / CONNECTIONS as f64;
+    println!("\n| figure | value |\n|---|---|");
+    println!("| idle connections, pinging every second | {open} |");
+    println!(
+        "| server RSS before / with the connections | {:.1} / {:.1} MiB |",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0
+    );
+    println!("| server RSS per connection (target ≤ 24 KiB) | {per_connection:.1} KiB |");
+    // On loopback the kernel time includes delivering each pong to the client and waking it.
+    println!(
+        "| server CPU, 10,000 pings/s (target ≤ 10%) | {} |",
+        ours.describe()
+    );
+    println!(
+        "| the floor: a bare tokio ping answerer, same load | {} |",
+        floor.describe()
+    );
+    println!(
+        "| flowee / floor | {:.2}× |",
+        ours.cpu() / floor.cpu().max(f64::EPSILON)
+    );
+    for load in [&ours, &floor] {
+        assert_eq!(
+            (load.failed, load.closed),
+            (0, 0),
+            "connections that failed or were closed"
+        );
+    }
+    assert_eq!(open, CONNECTIONS);
+    assert!(
+        per_connection <= MAX_KIB_PER_CONNECTION,
+        "{per_connection:.1} KiB per connection"
+    );
+    assert!(ours.cpu() <= MAX_CPU, "{:.1}% CPU", ours.cpu() * 100.0);
+}
+
+/// What one load measured.
+struct Load {
+    /// User and kernel CPU, in cores.
+    cpu: (f64, f64),
+    pongs_per_s: f64,
+    failed: u64,
+    closed: u64,
+}
+
+impl Load {
+    fn cpu(&self) -> f64 {
+        self.cpu.0 + self.cpu.1
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:.1}% of one core ({:.1}% user, {:.1}% kernel), {:.0} pongs/s",
+            self.cpu() * 100.0,
+            self.cpu.0 * 100.0,
+            self.cpu.1 * 100.0,
+            self.pongs_per_s
+        )
+    }
+}
+
+/// Opens [`CONNECTIONS`] pinging clients to `addr`, lets them settle, calls `settled`, then
+/// measures `cpu` (user and kernel seconds so far) over ten seconds, and closes them.
+fn drive(addr: SocketAddr, cpu: &dyn Fn() -> (f64, f64), settled: &mut dyn FnMut()) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(Counts::default());
-
-    let (rss_after, cpu, open) = smol::block_on(async {
+    let (cpu, pongs_per_s) = smol::block_on(async {
         let mut clients = Vec::with_capacity(CONNECTIONS);
         let connected = Instant::now();
         for i in 0..CONNECTIONS {
@@ -45,7 +123,7 @@ fn ten_thousand_idle_connections() {
             // Pings spread evenly over the second.
             let offset = PING_INTERVAL * (i % 1000) as u32 / 1000;
             clients.push(smol::spawn(pinger(
-                server.addr,
+                addr,
                 ip,
                 offset,
                 stop.clone(),
@@ -64,65 +142,75 @@ fn ten_thousand_idle_connections() {
             smol::Timer::after(Duration::from_millis(50)).await;
         }
         println!(
-            "\n{} connections up in {:.1} s",
+            "\n{} connections to {addr} up in {:.1} s",
             counts.connected.load(Ordering::SeqCst),
             connected.elapsed().as_secs_f64()
         );
         // Buffers used while connecting are given back after two idle seconds.
         smol::Timer::after(Duration::from_secs(5)).await;
-        let rss_after = server.rss_kib();
-        let (user_before, system_before) = server.cpu_split_secs();
+        settled();
+        let (user_before, system_before) = cpu();
         let pongs_before = counts.pongs.load(Ordering::SeqCst);
         let t = Instant::now();
         smol::Timer::after(Duration::from_secs(10)).await;
-        let (user, system) = server.cpu_split_secs();
+        let (user, system) = cpu();
         let secs = t.elapsed().as_secs_f64();
-        let cpu = ((user - user_before) / secs, (system - system_before) / secs);
         let pongs = counts.pongs.load(Ordering::SeqCst) - pongs_before;
-        println!(
-            "{pongs} pongs in {:.1} s ({:.0}/s)",
-            t.elapsed().as_secs_f64(),
-            pongs as f64 / t.elapsed().as_secs_f64()
-        );
-        let open = server.open_connections();
         stop.store(true, Ordering::SeqCst);
         for c in clients {
             c.await;
         }
-        (rss_after, cpu, open)
+        (
+            ((user - user_before) / secs, (system - system_before) / secs),
+            pongs as f64 / secs,
+        )
     });
+    Load {
+        cpu,
+        pongs_per_s,
+        failed: counts.failed.load(Ordering::SeqCst),
+        closed: counts.closed.load(Ordering::SeqCst),
+    }
+}
 
-    let per_connection = (rss_after.saturating_sub(rss_before)) as f64 / CONNECTIONS as f64;
-    println!("\n| figure | value |\n|---|---|");
-    println!("| idle connections, pinging every second | {open} |");
-    println!(
-        "| server RSS before / with the connections | {:.1} / {:.1} MiB |",
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0
-    );
-    println!("| server RSS per connection (target ≤ 24 KiB) | {per_connection:.1} KiB |");
-    let (user, system) = cpu;
-    let cpu = user + system;
-    // On loopback the kernel time includes delivering each pong to the client and waking it.
-    println!(
-        "| server CPU, 10,000 pings/s (target ≤ 10%) | {:.1}% of one core ({:.1}% user, {:.1}% kernel) |",
-        cpu * 100.0,
-        user * 100.0,
-        system * 100.0
-    );
-    let failed = counts.failed.load(Ordering::SeqCst);
-    let closed = counts.closed.load(Ordering::SeqCst);
-    assert_eq!(
-        (failed, closed),
-        (0, 0),
-        "connections that failed or were closed"
-    );
-    assert_eq!(open, CONNECTIONS);
-    assert!(
-        per_connection <= MAX_KIB_PER_CONNECTION,
-        "{per_connection:.1} KiB per connection"
-    );
-    assert!(cpu <= MAX_CPU, "{:.1}% CPU", cpu * 100.0);
+/// The floor: a current-thread tokio runtime on a thread of its own that accepts connections
+/// and answers every ping with a pong, nothing else. Returns its address and the `/proc` stat
+/// file of its thread.
+fn floor_server() -> (SocketAddr, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // "/proc/thread-self" links to "<pid>/task/<tid>".
+        let me = std::fs::read_link("/proc/thread-self").unwrap();
+        tx.send(format!("/proc/{}/stat", me.display())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let _ = socket.set_nodelay(true);
+                    let mut buf = [0u8; 64];
+                    let mut unanswered = 0;
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        unanswered += n;
+                        while unanswered >= PING_FRAME.len() {
+                            unanswered -= PING_FRAME.len();
+                            if socket.write_all(&PONG_FRAME).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (addr, rx.recv().unwrap())
 }
 
 #[derive(Default)]

@@ -24,8 +24,10 @@ use std::time::Duration;
 const READ_BUDGET: usize = 1 << 20;
 /// Writes per wake-up at most.
 const WRITE_BUDGET: usize = 64;
-/// The read buffer every task of a thread shares (reads never wait while holding it).
-const READ_BUF: usize = 256 * 1024;
+/// The read buffer every task of a thread shares (reads never wait while holding it). The
+/// size of a connection's default receive buffer: a larger read than the node can take is
+/// held back and copied again, which costs more than the extra reads.
+const READ_BUF: usize = 64 * 1024;
 /// How long an outgoing TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the accept loop waits after a failed accept (out of descriptors and the like).

@@ -344,8 +344,27 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         e
     }
 
-    /// Lets go of what the last delivery borrowed.
+    /// Lets go of what the last delivery borrowed. Inlined: most calls have nothing to let go
+    /// of (`start` only moves here, so frames to skip only appear after a release).
+    #[inline]
     pub(crate) fn release(&mut self) {
+        if self.release != Release::Nothing {
+            self.release_delivery();
+        } else if self.start == self.end && self.end != 0 {
+            // Everything was skipped when parsed (pings): start the buffer over, so an idle
+            // connection can give it back.
+            self.reset_empty();
+        }
+    }
+
+    fn reset_empty(&mut self) {
+        self.start = 0;
+        self.parsed = 0;
+        self.end = 0;
+        self.heads.clear();
+    }
+
+    fn release_delivery(&mut self) {
         match core::mem::replace(&mut self.release, Release::Nothing) {
             Release::Nothing => {}
             Release::Frame(len) => {
@@ -359,13 +378,12 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
                 self.seq.complete = false;
             }
         }
+        // The released frame's parse goes first, so the next one is found without a search.
+        self.heads.drop_before(self.start);
         self.skip_undelivered();
         self.heads.drop_before(self.start);
         if self.start == self.end {
-            self.start = 0;
-            self.parsed = 0;
-            self.end = 0;
-            self.heads.clear();
+            self.reset_empty();
         }
     }
 
@@ -400,8 +418,19 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         Some((head.header.kind(), head.len))
     }
 
-    /// The frame at `start`: kept from when it arrived, or parsed again.
+    /// The frame at `start`: kept from when it arrived (the inlined common case), or parsed
+    /// again.
+    #[inline]
     fn head(&mut self) -> Option<Head> {
+        match self.heads.front() {
+            Some(head) if head.at == self.start => Some(*head),
+            _ => self.head_again(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn head_again(&mut self) -> Option<Head> {
         while let Some(head) = self.heads.front() {
             if head.at == self.start {
                 return Some(*head);

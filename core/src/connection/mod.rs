@@ -869,6 +869,12 @@ impl<S: Storage> Connection<S> {
     /// [`Event::Closed`] it returns `None` for good.
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
         self.prepare_event();
+        self.poll_prepared_event()
+    }
+
+    /// [`Connection::poll_event`] right after [`Connection::next_event_borrows`], which did
+    /// its preparation already.
+    pub(crate) fn poll_prepared_event(&mut self) -> Option<Event<'_>> {
         let released = self.inbox.released_count();
         let delivery_due = self.inbox.has_delivery();
         match self.notices.front() {

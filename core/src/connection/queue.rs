@@ -280,11 +280,15 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
             return Err(Refused::Full);
         }
         let at = self.make_room(needed).ok_or(Refused::Full)?;
-        let mut sink = SliceSink::new(&mut self.buf.bytes_mut()[at..at + needed]);
-        // Cannot fail: the header was checked and the room is exactly the encoded length.
-        encoder
-            .encode(header, body, &mut sink)
-            .map_err(Refused::Invalid)?;
+        let room = &mut self.buf.bytes_mut()[at..at + needed];
+        if body.len() <= encoder.chunk_size() {
+            encoder.write_single_into(header, body, room);
+        } else {
+            // Cannot fail: the header was checked and the room is exactly the encoded length.
+            encoder
+                .encode(header, body, &mut SliceSink::new(room))
+                .map_err(Refused::Invalid)?;
+        }
         self.entries
             .push_back(QueueEntry(Entry::Inline(needed)))
             .map_err(|_| Refused::Full)?;

@@ -85,7 +85,7 @@ fn put_tag(out: &mut [u8], n: usize, tag: u32, ty: u8) -> usize {
 }
 
 /// An int the way the C++ `int32` writer puts it: the sign picks the type.
-#[inline]
+#[inline(always)]
 fn put_int(out: &mut [u8], n: usize, tag: u32, v: i32) -> usize {
     let (ty, magnitude) = if v < 0 {
         (1, u64::from(v.unsigned_abs()))
@@ -318,6 +318,19 @@ impl FrameEncoder {
     /// Writes a pong frame (service 126, Pong = true), the accepting side's answer to a ping.
     pub fn write_pong<S: Sink>(&self, out: &mut S) -> Result<usize, EncodeError> {
         write_system(&PONG_FRAME, out)
+    }
+
+    /// Writes a message whose body fits one chunk straight into `out`, which is exactly
+    /// [`encoded_len`](Self::encoded_len) long (no scratch header, no second check): the
+    /// queues' path. The header must have passed [`check`](Self::check).
+    #[inline]
+    pub(crate) fn write_single_into(&self, header: &Header, body: &[u8], out: &mut [u8]) {
+        debug_assert!(body.len() <= self.chunk_size);
+        debug_assert_eq!(out.len(), self.encoded_len(header, body.len()));
+        let (prefix, rest) = out.split_at_mut(2);
+        let hlen = encode_header(header, Chunk::Single, rest);
+        prefix.copy_from_slice(&((2 + hlen + body.len()) as u16).to_le_bytes());
+        rest[hlen..].copy_from_slice(body);
     }
 
     /// Writes every frame of a message; returns the bytes written. Writes nothing on error.

@@ -988,6 +988,12 @@ impl<S: Storage> Node<S> {
 
     /// Marks a slot for event polling and brings its timer up to date.
     fn touch(&mut self, index: u32) {
+        self.mark_ready(index);
+        self.schedule(index);
+    }
+
+    /// [`Node::touch`] for a change that moves no deadline (a message queued).
+    fn mark_ready(&mut self, index: u32) {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
         };
@@ -995,7 +1001,6 @@ impl<S: Storage> Node<S> {
             slot.in_ready = true;
             let _ = self.ready.push(index);
         }
-        self.schedule(index);
     }
 
     fn push_timer(&mut self, at: Instant, key: Key) {
@@ -1078,7 +1083,8 @@ impl<S: Storage> Node<S> {
             State::Waiting { outbox, .. } => outbox.send(message, priority),
             State::Free => Err(SendError::UnknownConnection(message)),
         };
-        self.touch(id.index);
+        // Queuing sets no timer (`Connection::send` and `Outbox::send` leave them alone).
+        self.mark_ready(id.index);
         result
     }
 
@@ -1602,7 +1608,7 @@ impl<S: Storage> Node<S> {
                 }
             }
             Some(false) => {
-                let Some(event) = conn.poll_event().and_then(|e| e.to_static()) else {
+                let Some(event) = conn.poll_prepared_event().and_then(|e| e.to_static()) else {
                     return Step::Again;
                 };
                 // A message received in pieces that the close cuts off.
@@ -1635,7 +1641,7 @@ impl<S: Storage> Node<S> {
                 Step::Event(id, event, handles)
             }
             Some(true) if slot.awaiting_login => {
-                let ok = match conn.poll_event() {
+                let ok = match conn.poll_prepared_event() {
                     Some(Event::Message(m)) => is_login(&m, self.config.require_login.as_ref()),
                     _ => false,
                 };
@@ -1679,7 +1685,7 @@ impl<S: Storage> Node<S> {
         let State::Live(conn) = state else {
             return None;
         };
-        match conn.poll_event()? {
+        match conn.poll_prepared_event()? {
             Event::Message(message) => {
                 let reply = message.header.request_id().filter(|rid| {
                     requests

@@ -14,6 +14,18 @@ use std::time::{Duration, Instant};
 /// `/proc/<pid>/stat` counts CPU time in these per second (USER_HZ, fixed by the Linux ABI).
 const USER_HZ: f64 = 100.0;
 
+/// CPU seconds used so far in user space and in the kernel, from a `/proc/…/stat` file (a
+/// process's, or a thread's under `/proc/self/task/`).
+pub fn cpu_split_secs(stat_file: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(stat_file).unwrap();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the
+    // 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields[i].parse::<u64>().unwrap() as f64 / USER_HZ;
+    (ticks(11), ticks(12))
+}
+
 /// Raises the open-file limit as far as the hard limit allows (up to 65,536).
 pub fn raise_fd_limit(need: u64) {
     let limit = rlimit::increase_nofile_limit(65_536).expect("raise the open-file limit");
@@ -83,13 +95,7 @@ impl Server {
 
     /// CPU seconds used so far in user space and in the kernel.
     pub fn cpu_split_secs(&self) -> (f64, f64) {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the command name (which is in parentheses): utime is the 12th, stime
-        // the 13th.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields[i].parse::<u64>().unwrap() as f64 / USER_HZ;
-        (ticks(11), ticks(12))
+        cpu_split_secs(&format!("/proc/{}/stat", self.pid()))
     }
 
     /// Connections the server holds open, from its log.
