@@ -264,6 +264,34 @@ fn messages_roundtrip() {
         .quickcheck(prop as fn(Vec<AnyMessage>) -> bool);
 }
 
+/// A connection's send queue writes a message with exactly the encoder's bytes (single frames
+/// take a direct path into the queue; sequences go through the encoder).
+#[test]
+fn queued_messages_go_out_as_the_encoder_writes_them() {
+    use flowee_proto::Instant;
+    use flowee_proto::connection::{Config, Connection, Message, Priority};
+    fn prop(msgs: Vec<AnyMessage>) -> bool {
+        let now = Instant::ZERO;
+        let mut conn: Connection = Connection::connecting(now, Config::default());
+        conn.handle_connected(now);
+        let mut expected = Vec::new();
+        for AnyMessage(h, body) in msgs.iter().take(8) {
+            FrameEncoder::new().encode(h, body, &mut expected).unwrap();
+            conn.send(now, Message::new(*h, body), Priority::Normal)
+                .unwrap();
+        }
+        let mut sent = Vec::new();
+        while let Some(data) = conn.poll_transmit() {
+            let n = data.len();
+            sent.extend_from_slice(data);
+            conn.consume_transmit(n);
+        }
+        sent == expected
+    }
+    qc().tests(200)
+        .quickcheck(prop as fn(Vec<AnyMessage>) -> bool);
+}
+
 #[test]
 fn any_chunking_gives_the_same_frames() {
     fn prop(msgs: Vec<AnyMessage>, cuts: Vec<usize>, garbage: Vec<u8>) -> TestResult {

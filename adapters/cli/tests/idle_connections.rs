@@ -17,7 +17,9 @@ mod common;
 use common::{Server, connect_from, cpu_split_secs, raise_fd_limit, read_within};
 use flowee_proto::frame::{PING_FRAME, PONG_FRAME};
 use smol::io::AsyncWriteExt;
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +32,7 @@ const MAX_CPU: f64 = 0.10;
 #[test]
 #[ignore = "opens 10,000 connections; see the file's doc for the command"]
 fn ten_thousand_idle_connections() {
-    raise_fd_limit(2 * CONNECTIONS as u64 + 1000);
+    raise_fd_limit(CONNECTIONS as u64 + 1000);
     let server = Server::start(&["--max-connections", "20000"]);
     // Let it settle before the baseline.
     std::thread::sleep(Duration::from_millis(500));
@@ -45,8 +47,11 @@ fn ten_thousand_idle_connections() {
     // The same load against the least a server can do: a tokio task per connection that
     // answers each ping with a pong, on one thread. What that costs is this machine's floor
     // (loopback delivery, wake-ups, epoll), whatever the protocol stack.
-    let (floor_addr, floor_stat) = floor_server();
-    let floor = drive(floor_addr, &|| cpu_split_secs(&floor_stat), &mut || {});
+    let mut floor_process = start_floor();
+    let floor_stat = format!("/proc/{}/stat", floor_process.0.id());
+    let floor = drive(floor_process.1, &|| cpu_split_secs(&floor_stat), &mut || {});
+    let _ = floor_process.0.kill();
+    let _ = floor_process.0.wait();
 
     let per_connection = (rss_after.saturating_sub(rss_before)) as f64 / CONNECTIONS as f64;
     println!("\n| figure | value |\n|---|---|");
@@ -173,44 +178,76 @@ fn drive(addr: SocketAddr, cpu: &dyn Fn() -> (f64, f64), settled: &mut dyn FnMut
     }
 }
 
-/// The floor: a current-thread tokio runtime on a thread of its own that accepts connections
-/// and answers every ping with a pong, nothing else. Returns its address and the `/proc` stat
-/// file of its thread.
-fn floor_server() -> (SocketAddr, String) {
+/// Set in the environment of the floor's process.
+const FLOOR_ENV: &str = "FLOWEE_IDLE_FLOOR";
+
+/// Starts [`floor_server_process`] as a process of its own (this test binary again, so that its
+/// sockets and CPU are its own); returns it and its address.
+fn start_floor() -> (Child, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "floor_server_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(FLOOR_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = stderr.lines().map_while(Result::ok).find_map(|line| {
+        line.strip_prefix("floor listening on ")
+            .and_then(|addr| addr.parse().ok())
+    });
+    match addr {
+        Some(addr) => (child, addr),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the floor server did not start");
+        }
+    }
+}
+
+/// The floor for [`ten_thousand_idle_connections`], which starts it in a process of its own:
+/// a current-thread tokio runtime that accepts connections and answers every ping with a pong,
+/// nothing else. Does nothing when run on its own.
+#[test]
+#[ignore = "the floor server's process; ten_thousand_idle_connections starts it"]
+fn floor_server_process() {
+    if std::env::var_os(FLOOR_ENV).is_none() {
+        return;
+    }
+    raise_fd_limit(CONNECTIONS as u64 + 1000);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // "/proc/thread-self" links to "<pid>/task/<tid>".
-        let me = std::fs::read_link("/proc/thread-self").unwrap();
-        tx.send(format!("/proc/{}/stat", me.display())).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let _ = socket.set_nodelay(true);
-                    let mut buf = [0u8; 64];
-                    let mut unanswered = 0;
-                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
-                        unanswered += n;
-                        while unanswered >= PING_FRAME.len() {
-                            unanswered -= PING_FRAME.len();
-                            if socket.write_all(&PONG_FRAME).await.is_err() {
-                                return;
-                            }
+    eprintln!("floor listening on {}", listener.local_addr().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = socket.set_nodelay(true);
+                let mut buf = [0u8; 64];
+                let mut unanswered = 0;
+                while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                    unanswered += n;
+                    while unanswered >= PING_FRAME.len() {
+                        unanswered -= PING_FRAME.len();
+                        if socket.write_all(&PONG_FRAME).await.is_err() {
+                            return;
                         }
                     }
-                });
-            }
-        });
+                }
+            });
+        }
     });
-    (addr, rx.recv().unwrap())
 }
 
 #[derive(Default)]

@@ -20,14 +20,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Bytes read from a socket per wake-up at most, so one busy peer cannot starve the others.
+/// Bytes read from a socket in a row at most before the task lets others run, so one busy
+/// peer cannot starve the others.
 const READ_BUDGET: usize = 1 << 20;
 /// Writes per wake-up at most.
 const WRITE_BUDGET: usize = 64;
-/// The read buffer every task of a thread shares (reads never wait while holding it). The
-/// size of a connection's default receive buffer: a larger read than the node can take is
-/// held back and copied again, which costs more than the extra reads.
+/// The read buffer every task of a thread shares (reads never wait while holding it); the
+/// size of a connection's default receive buffer, so the node takes a whole read.
 const READ_BUF: usize = 64 * 1024;
+/// What one read brings is handled and answered before the next read. While reads bring
+/// answers to write, they are this small: the peer gets answers while later requests are still
+/// being read, so both ends work at once (tokio-util flushes every 8 KiB for the same reason).
+/// While they bring none (a large message arriving), reads take the whole buffer.
+const ANSWERED_READ: usize = 16 * 1024;
 /// How long an outgoing TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the accept loop waits after a failed accept (out of descriptors and the like).
@@ -51,6 +56,40 @@ impl Service for ChannelSink {
     fn call(&self, request: &Request<'_>, _out: &mut Responder<'_>) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(request.to_owned()) {
             self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What [`Runtime::pump_and_flush`] did.
+struct Flushed {
+    /// The socket is full.
+    blocked: bool,
+    /// More is left to write.
+    more: bool,
+    /// Something was written.
+    wrote: bool,
+}
+
+/// What one read of a socket did.
+enum ReadOutcome {
+    /// `n` bytes (0: nothing was waiting); `more` if they filled the buffer.
+    Got { n: usize, more: bool },
+    /// EOF or an error: the socket reads no more.
+    Closed,
+}
+
+impl ReadOutcome {
+    /// (still open, more likely waiting)
+    fn state(&self) -> (bool, bool) {
+        let (open, more, _) = self.state_and_len();
+        (open, more)
+    }
+
+    /// (still open, more likely waiting, bytes read)
+    fn state_and_len(&self) -> (bool, bool, usize) {
+        match *self {
+            ReadOutcome::Got { n, more } => (true, more, n),
+            ReadOutcome::Closed => (false, false, 0),
         }
     }
 }
@@ -381,52 +420,72 @@ impl Runtime {
         self: &Arc<Self>,
         id: ConnId,
         stream: &Async<TcpStream>,
-    ) -> io::Result<(bool, bool)> {
+    ) -> io::Result<Flushed> {
         self.pump_except(Some(id));
         let mut inner = self.lock();
+        let mut flushed = Flushed {
+            blocked: false,
+            more: false,
+            wrote: false,
+        };
         for _ in 0..WRITE_BUDGET {
             let Some(data) = inner.node.poll_transmit(id) else {
-                return Ok((false, false));
+                return Ok(flushed);
             };
             match stream.get_ref().write(data) {
-                Ok(n) => inner.node.consume_transmit(id, n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((true, true)),
+                Ok(n) => {
+                    flushed.wrote |= n > 0;
+                    inner.node.consume_transmit(id, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    flushed.blocked = true;
+                    flushed.more = true;
+                    return Ok(flushed);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        let more = inner
+        flushed.more = inner
             .node
             .connection(id)
             .is_some_and(|c| c.wants_transmit());
-        Ok((false, more))
+        Ok(flushed)
     }
 
-    /// Reads what the socket has, up to the budget, into the node. Returns false at EOF or on
-    /// an error (bytes the node could not take yet stay in `held`).
-    fn read(&self, id: ConnId, stream: &Async<TcpStream>, held: &mut Vec<u8>) -> bool {
-        let mut budget = READ_BUDGET;
+    /// Reads once from the socket into the node, at most `limit` bytes (bytes the node could
+    /// not take yet stay in `held`).
+    fn read(
+        &self,
+        id: ConnId,
+        stream: &Async<TcpStream>,
+        held: &mut Vec<u8>,
+        limit: usize,
+    ) -> ReadOutcome {
         READ_BUFFER.with(|buf| {
             let mut buf = buf.borrow_mut();
-            while budget > 0 && held.is_empty() {
-                match stream.get_ref().read(&mut buf) {
-                    Ok(0) => return false,
+            let buf = &mut buf[..limit.min(READ_BUF)];
+            loop {
+                return match stream.get_ref().read(buf) {
+                    Ok(0) => ReadOutcome::Closed,
                     Ok(n) => {
-                        budget = budget.saturating_sub(n);
                         let taken = self.input(id, &buf[..n]);
                         // Backpressure: keep what the node did not take.
                         held.extend_from_slice(&buf[taken..n]);
-                        if n < buf.len() {
-                            // Most likely drained: skip the read that would say so.
-                            return true;
+                        // A short read most likely drained the socket: skip the read that
+                        // would say so.
+                        ReadOutcome::Got {
+                            n,
+                            more: n == buf.len(),
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return false,
-                }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ReadOutcome::Got { n: 0, more: false }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => ReadOutcome::Closed,
+                };
             }
-            true
         })
     }
 
@@ -460,6 +519,12 @@ impl Runtime {
         let mut held = Vec::new();
         let mut open = true;
         let mut eof_told = false;
+        // The last read filled the buffer: more is likely waiting.
+        let mut unread = false;
+        // Bytes read in a row without letting other tasks run.
+        let mut burst = 0;
+        // How much the next read takes (see `ANSWERED_READ`).
+        let mut limit = READ_BUF;
         loop {
             // EOF goes to the node only after every byte before it.
             if !open && held.is_empty() && !eof_told {
@@ -470,7 +535,14 @@ impl Runtime {
             // Listen before looking, so a wake-up in between is not lost.
             event_listener::listener!(signal.event => listener);
             let (blocked, more) = match self.pump_and_flush(id, &stream) {
-                Ok(state) => state,
+                Ok(flushed) => {
+                    limit = if flushed.wrote {
+                        ANSWERED_READ
+                    } else {
+                        READ_BUF
+                    };
+                    (flushed.blocked, flushed.more)
+                }
                 Err(_) => {
                     self.eof(id);
                     (true, false)
@@ -483,12 +555,25 @@ impl Runtime {
                 // The write budget ran out with more to write: read what came meanwhile and
                 // let the other tasks run before writing on, so a peer that reads as fast as
                 // it is written to is still heard.
-                if open && held.is_empty() && !self.read(id, &stream, &mut held) {
-                    open = false;
+                if open && held.is_empty() {
+                    (open, unread) = self.read(id, &stream, &mut held, limit).state();
                 }
+                burst = 0;
                 smol::future::yield_now().await;
                 continue;
             }
+            if unread && open && held.is_empty() {
+                // The answers to the last read are written; read on without waiting.
+                let got;
+                (open, unread, got) = self.read(id, &stream, &mut held, limit).state_and_len();
+                burst += got;
+                if burst >= READ_BUDGET {
+                    burst = 0;
+                    smol::future::yield_now().await;
+                }
+                continue;
+            }
+            burst = 0;
             let readable = async {
                 if open && !held_back {
                     let _ = stream.readable().await;
@@ -504,8 +589,8 @@ impl Runtime {
                 }
             };
             readable.or(writable).or(listener).await;
-            if open && held.is_empty() && !self.read(id, &stream, &mut held) {
-                open = false;
+            if open && held.is_empty() {
+                (open, unread) = self.read(id, &stream, &mut held, limit).state();
             }
         }
         drop(stream);
