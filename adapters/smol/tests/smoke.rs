@@ -43,3 +43,32 @@ fn echo_small_and_large() {
         server.shutdown().await;
     });
 }
+
+/// A client whose connection hands sequences out chunk by chunk (as on fixed storage) still
+/// gets a large reply whole from `request`: the service layer joins the pieces.
+#[test]
+fn chunked_reply_comes_back_whole() {
+    smol::block_on(async {
+        let server = Server::bind("127.0.0.1:0", NodeConfig::default())
+            .await
+            .unwrap();
+        server.handle(3, None, echo).unwrap();
+        let mut config = NodeConfig::default();
+        config.connection.sequence_delivery = flowee_proto::connection::SequenceDelivery::Chunks;
+        let client = Client::connect(server.local_addr(), config).await.unwrap();
+        let big: Vec<u8> = (0..100_000usize).map(|i| (i * 7) as u8).collect();
+        for id in [2, 4] {
+            let reply = client
+                .request(
+                    Message::new(Header::new(3, id), &big),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.header.message_id, Some(id));
+            assert!(reply.body == big, "{} bytes back", reply.body.len());
+        }
+        client.close().await;
+        server.shutdown().await;
+    });
+}
