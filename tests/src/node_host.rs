@@ -50,6 +50,15 @@ pub enum NodeReceived {
         /// The reply's body.
         body: Vec<u8>,
     },
+    /// [`Output::ReplyPart`]: a piece of a reply that arrives chunk by chunk.
+    ReplyPart {
+        /// The connection.
+        id: ConnId,
+        /// The request.
+        request: RequestId,
+        /// The piece: `start <header> <total>`, `chunk <len> #<fnv>` or `end <received>`.
+        part: String,
+    },
     /// [`Output::RequestFailed`].
     RequestFailed {
         /// The connection.
@@ -142,6 +151,18 @@ impl NodeReceived {
                 request: *request,
                 header: message.header,
                 body: message.body.to_vec(),
+            },
+            Output::ReplyPart { id, request, event } => NodeReceived::ReplyPart {
+                id: *id,
+                request: *request,
+                part: match event {
+                    Event::SequenceStart { header, total } => format!("start {header:?} {total}"),
+                    Event::SequenceChunk(data) => {
+                        format!("chunk {} #{:016x}", data.len(), fnv(data))
+                    }
+                    Event::SequenceEnd { received } => format!("end {received}"),
+                    other => format!("{other:?}"),
+                },
             },
             Output::RequestFailed { id, request, error } => NodeReceived::RequestFailed {
                 id: *id,

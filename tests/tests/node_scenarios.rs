@@ -468,6 +468,68 @@ fn a_thousand_concurrent_requests_are_matched_and_time_out() {
     assert_eq!(c.node.usage().requests, 0);
 }
 
+/// A client that takes sequences chunk by chunk gets a large reply as pieces matched to its
+/// request (start, every chunk in order, end), never as a routed message.
+#[test]
+fn a_large_reply_to_a_chunked_client_comes_as_reply_parts() {
+    let mut sim = Sim::new(
+        27,
+        LinkModel {
+            max_chunk: 1000,
+            ..LinkModel::default()
+        },
+    );
+    let server = sim.add_host(
+        "server",
+        NodeHost::new(sim.now(), NodeConfig::default(), Echo { drop_every: None }),
+    );
+    let mut config = NodeConfig::default();
+    config.connection.sequence_delivery = flowee_proto::connection::SequenceDelivery::Chunks;
+    let mut host = NodeHost::new(sim.now(), config, ());
+    let id = host.node.connect(sim.now(), sim.addr(server)).unwrap();
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i * 13) as u8).collect();
+    let rid = host
+        .node
+        .request(
+            Instant::ZERO,
+            id,
+            Message::new(Header::new(3, 0), &body),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let client = sim.add_host("client", host);
+    sim.run_until(secs(5)).unwrap();
+    let c = sim.host::<NodeHost>(client);
+    let parts: Vec<&str> = c
+        .log
+        .iter()
+        .filter_map(|(_, o)| match o {
+            NodeReceived::ReplyPart { request, part, .. } => {
+                assert_eq!(*request, rid);
+                Some(part.as_str())
+            }
+            NodeReceived::Reply { .. } | NodeReceived::Message { .. } => {
+                panic!("the reply came whole or unmatched: {o:?}")
+            }
+            _ => None,
+        })
+        .collect();
+    let chunk = |range: std::ops::Range<usize>| {
+        format!(
+            "chunk {} #{:016x}",
+            range.len(),
+            flowee_sim::fnv(&body[range])
+        )
+    };
+    assert_eq!(parts.len(), 5, "{parts:?}");
+    assert!(parts[0].starts_with("start ") && parts[0].ends_with(" 20000"));
+    assert_eq!(parts[1], chunk(0..8000));
+    assert_eq!(parts[2], chunk(8000..16000));
+    assert_eq!(parts[3], chunk(16000..20000));
+    assert_eq!(parts[4], "end 20000");
+    assert_eq!(c.node.usage().requests, 0);
+}
+
 #[test]
 fn a_stale_connection_id_is_refused() {
     let mut sim = Sim::new(27, LinkModel::default());
