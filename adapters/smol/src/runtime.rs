@@ -79,14 +79,8 @@ enum ReadOutcome {
 }
 
 impl ReadOutcome {
-    /// (still open, more likely waiting)
-    fn state(&self) -> (bool, bool) {
-        let (open, more, _) = self.state_and_len();
-        (open, more)
-    }
-
     /// (still open, more likely waiting, bytes read)
-    fn state_and_len(&self) -> (bool, bool, usize) {
+    fn state(&self) -> (bool, bool, usize) {
         match *self {
             ReadOutcome::Got { n, more } => (true, more, n),
             ReadOutcome::Closed => (false, false, 0),
@@ -556,7 +550,7 @@ impl Runtime {
                 // let the other tasks run before writing on, so a peer that reads as fast as
                 // it is written to is still heard.
                 if open && held.is_empty() {
-                    (open, unread) = self.read(id, &stream, &mut held, limit).state();
+                    (open, unread, _) = self.read(id, &stream, &mut held, limit).state();
                 }
                 burst = 0;
                 smol::future::yield_now().await;
@@ -565,7 +559,7 @@ impl Runtime {
             if unread && open && held.is_empty() {
                 // The answers to the last read are written; read on without waiting.
                 let got;
-                (open, unread, got) = self.read(id, &stream, &mut held, limit).state_and_len();
+                (open, unread, got) = self.read(id, &stream, &mut held, limit).state();
                 burst += got;
                 if burst >= READ_BUDGET {
                     burst = 0;
@@ -590,7 +584,7 @@ impl Runtime {
             };
             readable.or(writable).or(listener).await;
             if open && held.is_empty() {
-                (open, unread) = self.read(id, &stream, &mut held, limit).state();
+                (open, unread, _) = self.read(id, &stream, &mut held, limit).state();
             }
         }
         drop(stream);
