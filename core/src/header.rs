@@ -481,7 +481,24 @@ pub fn parse(data: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
             at + 1,
         ));
     }
-    parse_general(data)
+    // Rebuilt field by field, so that both paths meet in registers: met in memory, the fast
+    // path's narrow stores are read back wide, which stalls store forwarding.
+    let (header, len) = parse_general(data)?;
+    let FrameHeader {
+        service_id,
+        message_id,
+        sequence_start,
+        bits,
+    } = header;
+    Ok((
+        FrameHeader {
+            service_id,
+            message_id,
+            sequence_start,
+            bits,
+        },
+        len,
+    ))
 }
 
 /// [`parse`] on the general token reader.

@@ -6,10 +6,10 @@
 //! their protocol effects applied) as soon as they are complete; delivery walks them later.
 
 use super::config::SequenceDelivery;
-use super::event::ProtocolError;
+use super::event::{Event, ProtocolError};
 use super::queue::Message;
 use crate::frame::{self, Frame};
-use crate::header::{FrameHeader, FrameKind, Header};
+use crate::header::{self, FrameHeader, FrameKind, Header, HeaderInts};
 use crate::sequence::{SequenceError, SequenceTracker};
 use crate::storage::ByteStore;
 
@@ -24,14 +24,6 @@ pub(crate) enum Effect {
     Pong,
     /// Nothing (another system frame).
     Nothing,
-}
-
-/// What the application sees, in arrival order.
-pub(crate) enum Delivery<'a> {
-    Message(Message<'a>),
-    SequenceStart { header: Header, total: u32 },
-    SequenceChunk(&'a [u8]),
-    SequenceEnd { received: u64 },
 }
 
 /// What to let go of at the next poll, once the application is done with the last delivery.
@@ -419,12 +411,27 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
     }
 
     /// The frame at `start`: kept from when it arrived (the inlined common case), or parsed
-    /// again.
+    /// again. The cold path's result is rebuilt field by field, so that both paths meet in
+    /// registers (met in memory, fields stored narrow are loaded wide: a store-forwarding
+    /// stall per frame).
     #[inline]
     fn head(&mut self) -> Option<Head> {
         match self.heads.front() {
             Some(head) if head.at == self.start => Some(*head),
-            _ => self.head_again(),
+            _ => {
+                let Head {
+                    at,
+                    len,
+                    header,
+                    header_len,
+                } = self.head_again()?;
+                Some(Head {
+                    at,
+                    len,
+                    header,
+                    header_len,
+                })
+            }
         }
     }
 
@@ -467,11 +474,38 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         }
     }
 
-    /// The next thing to deliver; what it borrows stays until the next [`Inbox::release`].
-    pub(crate) fn next(&mut self) -> Option<Delivery<'_>> {
+    /// The next thing to deliver (a message or sequence event), in arrival order; what it
+    /// borrows stays until the next [`Inbox::release`]. Built as the event itself: the header
+    /// is large, and every extra move of it costs on the per-message path.
+    pub(crate) fn next(&mut self) -> Option<Event<'_>> {
         self.release();
         if self.start >= self.parsed {
             return None;
+        }
+        // The common case, a kept parse of a message, is read in place field by field: copied
+        // whole, its narrowly stored fields would be loaded wide (a store-forwarding stall).
+        if let Some(head) = self.heads.front()
+            && head.at == self.start
+            && matches!(head.header.kind(), FrameKind::Message)
+        {
+            let (at, len, header_len) = (head.at, head.len, head.header_len);
+            let (service_id, message_id) = (head.header.service_id, head.header.message_id);
+            let has_ints = head.header.int_count() > 0;
+            self.release = Release::Frame(len);
+            let (header_bytes, body) = self.rx.bytes()[at + 2..at + len].split_at(header_len);
+            let ints = if has_ints {
+                header::ints(header_bytes)
+            } else {
+                HeaderInts::new()
+            };
+            return Some(Event::Message(Message {
+                header: Header {
+                    service_id,
+                    message_id,
+                    ints,
+                },
+                body,
+            }));
         }
         let head = self.head()?;
         let len = head.len;
@@ -480,14 +514,14 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             FrameKind::Message => {
                 self.release = Release::Frame(len);
                 let frame = self.frame(head);
-                Some(Delivery::Message(Message {
+                Some(Event::Message(Message {
                     header: frame.message_header(),
                     body: frame.body,
                 }))
             }
             FrameKind::SequenceStart { .. } | FrameKind::SequenceNext { .. } if reassemble => {
                 self.release = Release::Reassembled(len);
-                Some(Delivery::Message(Message {
+                Some(Event::Message(Message {
                     header: self.seq.header,
                     body: &self.seq.buf.bytes()[..self.seq.len],
                 }))
@@ -502,14 +536,14 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         }
     }
 
-    fn chunk_step(&mut self, head: Head, first: bool, last: bool) -> Option<Delivery<'_>> {
+    fn chunk_step(&mut self, head: Head, first: bool, last: bool) -> Option<Event<'_>> {
         let len = head.len;
         match self.step {
             0 if first => {
                 self.step = 1;
                 self.walked = 0;
                 let total = u32::try_from(head.header.sequence_start.unwrap_or(0)).unwrap_or(0);
-                Some(Delivery::SequenceStart {
+                Some(Event::SequenceStart {
                     header: self.frame(head).message_header(),
                     total,
                 })
@@ -522,12 +556,12 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
                     self.step = 0;
                     self.release = Release::Frame(len);
                 }
-                Some(Delivery::SequenceChunk(self.frame(head).body))
+                Some(Event::SequenceChunk(self.frame(head).body))
             }
             _ => {
                 self.step = 0;
                 self.release = Release::Frame(len);
-                Some(Delivery::SequenceEnd {
+                Some(Event::SequenceEnd {
                     received: self.walked,
                 })
             }

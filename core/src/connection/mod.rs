@@ -27,7 +27,7 @@ use crate::score::Score;
 use crate::storage::{DefaultStorage, Storage};
 use crate::time::Instant;
 use core::time::Duration;
-use inbox::{Delivery, Effect, Inbox};
+use inbox::{Effect, Inbox};
 use queue::{OutQueue, Refused};
 use timer::TimerTable;
 
@@ -886,19 +886,11 @@ impl<S: Storage> Connection<S> {
         }
         // Two steps, so the borrow of the inbox only lives on the path that returns it.
         if delivery_due {
-            let stats = &mut self.stats;
-            return self.inbox.next().map(|d| match d {
-                Delivery::Message(m) => {
-                    stats.messages_in += 1;
-                    Event::Message(m)
-                }
-                Delivery::SequenceStart { header, total } => Event::SequenceStart { header, total },
-                Delivery::SequenceChunk(data) => Event::SequenceChunk(data),
-                Delivery::SequenceEnd { received } => {
-                    stats.messages_in += 1;
-                    Event::SequenceEnd { received }
-                }
-            });
+            let event = self.inbox.next();
+            if matches!(event, Some(Event::Message(_) | Event::SequenceEnd { .. })) {
+                self.stats.messages_in += 1;
+            }
+            return event;
         }
         if self.inbox.is_idle() {
             self.schedule_release();

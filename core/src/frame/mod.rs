@@ -150,8 +150,10 @@ pub fn peek_len(buf: &[u8], first_frame: bool) -> Result<Option<usize>, FrameErr
 }
 
 /// Parses one whole frame: `bytes` holds exactly the frame, length bytes included, and its
-/// length field has been checked by [`peek_len`].
-#[inline]
+/// length field has been checked by [`peek_len`]. Always inlined: returned through memory, the
+/// frame's small fields are read back wider than they were written, which stalls store
+/// forwarding on the per-frame path.
+#[inline(always)]
 pub fn parse(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     let content = bytes.get(2..).unwrap_or(&[]);
     let (header, header_len) = header::parse(content)?;
