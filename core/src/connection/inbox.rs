@@ -80,6 +80,9 @@ struct Heads {
     ring: [Head; PARSED_AHEAD],
     first: usize,
     count: usize,
+    /// Where the last head's frame ends (when `count > 0`), kept apart so that checking it
+    /// does not load a head just stored.
+    end: usize,
 }
 
 const _: () = assert!(PARSED_AHEAD.is_power_of_two());
@@ -98,6 +101,7 @@ impl Heads {
             ring: [empty; PARSED_AHEAD],
             first: 0,
             count: 0,
+            end: 0,
         }
     }
 
@@ -105,8 +109,9 @@ impl Heads {
         (self.count > 0).then(|| &self.ring[self.first])
     }
 
-    fn back(&self) -> Option<&Head> {
-        (self.count > 0).then(|| &self.ring[(self.first + self.count - 1) & Self::MASK])
+    /// Where the last head's frame ends, if there is one.
+    fn end(&self) -> Option<usize> {
+        (self.count > 0).then_some(self.end)
     }
 
     /// Adds a head unless full.
@@ -114,6 +119,7 @@ impl Heads {
         if self.count < PARSED_AHEAD {
             self.ring[(self.first + self.count) & Self::MASK] = head;
             self.count += 1;
+            self.end = head.at + head.len;
         }
     }
 
@@ -147,6 +153,9 @@ impl Heads {
     fn shift_down(&mut self, by: usize) {
         for i in 0..self.count {
             self.ring[(self.first + i) & Self::MASK].at -= by;
+        }
+        if self.count > 0 {
+            self.end -= by;
         }
     }
 }
@@ -315,8 +324,8 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             return Some(Ok(effect));
         }
         // Keep the parse if the kept ones reach up to this frame (they stay consecutive).
-        let consecutive = match self.heads.back() {
-            Some(back) => back.at + back.len == at,
+        let consecutive = match self.heads.end() {
+            Some(end) => end == at,
             None => self.start == at,
         };
         if consecutive {
@@ -377,6 +386,11 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         if self.start == self.end {
             self.reset_empty();
         }
+    }
+
+    /// Whether frames parsed ahead of delivery are kept (parsing more can wait).
+    pub(crate) fn has_kept_parse(&self) -> bool {
+        !self.heads.is_empty()
     }
 
     /// Whether as many frames are parsed ahead of delivery as are kept: parsing more now

@@ -24,7 +24,7 @@ pub use timer::Timer;
 
 use crate::frame::{FrameEncoder, MAX_FRAME_LEN, PING_FRAME, PONG_FRAME};
 use crate::score::Score;
-use crate::storage::{DefaultStorage, Storage};
+use crate::storage::{ByteStore, DefaultStorage, Fifo, Storage};
 use crate::time::Instant;
 use core::time::Duration;
 use inbox::{Effect, Inbox};
@@ -777,48 +777,52 @@ impl<S: Storage> Connection<S> {
 
     /// Input: `n` bytes of the last [`Connection::poll_transmit`] were written.
     pub fn consume_transmit(&mut self, n: usize) {
-        let mut n = n.min(self.returned);
+        let n = n.min(self.returned);
         self.returned -= n;
         if n > 0 {
             self.last_busy = self.now;
-        }
-        self.stats.bytes_out += n as u64;
-        while n > 0 {
-            let Some(source) = self.source else {
-                break;
-            };
-            let take = n.min(self.frame_left);
-            n -= take;
-            self.frame_left -= take;
-            let done = match source {
-                Source::Ping | Source::Pong => 0,
-                Source::High => self.outbox.high.advance(take),
-                Source::Normal => self.outbox.normal.advance(take),
-            };
-            self.stats.messages_out += done as u64;
-            if self.frame_left > 0 {
-                break;
-            }
-            self.stats.frames_out += 1;
-            match source {
-                Source::Ping => self.ping_pending = false,
-                Source::Pong => self.pongs_owed -= 1,
-                // The batch handed out goes on into the next frame of the same queue, in this
-                // call or a later one.
-                Source::High if n > 0 || self.returned > 0 => {
-                    self.frame_left = frame_len(self.outbox.high.unsent())
-                }
-                Source::Normal if n > 0 || self.returned > 0 => {
-                    self.frame_left = frame_len(self.outbox.normal.unsent())
-                }
-                Source::High | Source::Normal => {}
-            }
-            if self.frame_left == 0 {
-                self.source = None;
+            self.stats.bytes_out += n as u64;
+            match self.source {
+                Some(Source::Ping | Source::Pong) => self.consume_system_frame(n),
+                Some(Source::High) => self.consume_queued(n, true),
+                Some(Source::Normal) => self.consume_queued(n, false),
+                None => {}
             }
         }
         if self.source.is_none() && self.outbox.is_empty() {
             self.schedule_release();
+        }
+    }
+
+    /// `n` bytes of a ping or pong (one frame, of which `n` is at most what is left).
+    fn consume_system_frame(&mut self, n: usize) {
+        self.frame_left -= n.min(self.frame_left);
+        if self.frame_left > 0 {
+            return;
+        }
+        self.stats.frames_out += 1;
+        match self.source.take() {
+            Some(Source::Ping) => self.ping_pending = false,
+            Some(Source::Pong) => self.pongs_owed -= 1,
+            _ => {}
+        }
+    }
+
+    /// `n` bytes of a queue's frames.
+    fn consume_queued(&mut self, n: usize, high: bool) {
+        // The batch handed out goes on into the next frame of the same queue, in this call
+        // or a later one.
+        let more = self.returned > 0;
+        let (done, frames, left) = if high {
+            consume_from(&mut self.outbox.high, self.frame_left, n, more)
+        } else {
+            consume_from(&mut self.outbox.normal, self.frame_left, n, more)
+        };
+        self.stats.messages_out += done as u64;
+        self.stats.frames_out += frames;
+        self.frame_left = left;
+        if left == 0 {
+            self.source = None;
         }
     }
 
@@ -859,10 +863,14 @@ impl<S: Storage> Connection<S> {
         self.next_event_borrows().is_some()
     }
 
-    /// Lets go of the last event and parses what backpressure held back.
+    /// Lets go of the last event and parses what backpressure held back: once the frames
+    /// parsed ahead are used up, as many as are kept, in one go.
+    #[inline]
     fn prepare_event(&mut self) {
         self.inbox.release();
-        self.process_input(self.now, false);
+        if !self.inbox.has_kept_parse() {
+            self.process_input(self.now, false);
+        }
     }
 
     /// Output: the next event. What it borrows stays valid until the next call. After
@@ -972,6 +980,47 @@ impl<S: Storage> Connection<S> {
             return None;
         }
         Some(self.detach_outbox())
+    }
+}
+
+/// `n` transmitted bytes of a queue: the frames they complete are counted by walking their
+/// length fields, and the queue advances once for all of them. Returns messages and frames
+/// completed, and what is left of the current frame (see [`walk_frames`]).
+fn consume_from<B: ByteStore, F: Fifo<QueueEntry>>(
+    queue: &mut OutQueue<B, F>,
+    frame_left: usize,
+    n: usize,
+    more: bool,
+) -> (usize, u64, usize) {
+    let (frames, left) = walk_frames(queue.unsent(), frame_left, n, more);
+    (queue.advance(n), frames, left)
+}
+
+/// Walks `n` transmitted bytes of `data` (encoded frames, the first of which has `frame_left`
+/// bytes left): returns how many frames they complete and how many bytes are left of the frame
+/// they end in. Ending on a frame boundary with `more` handed out, that is the next frame's
+/// length (the transmission goes on into it); without, 0.
+fn walk_frames(data: &[u8], frame_left: usize, n: usize, more: bool) -> (u64, usize) {
+    if n < frame_left {
+        return (0, frame_left - n);
+    }
+    let mut end = frame_left;
+    let mut frames = 1;
+    loop {
+        let next = if end < n || more {
+            frame_len(data.get(end..).unwrap_or(&[]))
+        } else {
+            0
+        };
+        // A zero length (no frame there) cannot happen in a queue; stop rather than loop.
+        if end == n || next == 0 {
+            return (frames, next);
+        }
+        if end + next > n {
+            return (frames, end + next - n);
+        }
+        end += next;
+        frames += 1;
     }
 }
 
