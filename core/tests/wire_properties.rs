@@ -296,6 +296,118 @@ fn queued_messages_go_out_as_the_encoder_writes_them() {
         .quickcheck(prop as fn(Vec<AnyMessage>) -> bool);
 }
 
+/// Whatever sizes the socket writes, and wherever a ping comes due, the bytes out are the queued
+/// messages as whole frames (the ping goes between two frames, high priority before normal once
+/// a frame ends), and the counters say exactly what went out.
+#[test]
+fn any_write_sizes_give_whole_frames_and_true_counts() {
+    use flowee_proto::Instant;
+    use flowee_proto::connection::{Config, Connection, Message, Priority};
+    fn prop(msgs: Vec<(AnyMessage, bool)>, writes: Vec<usize>, ping_step: u8) -> bool {
+        let now = Instant::ZERO;
+        let config = Config::default();
+        let mut conn: Connection = Connection::connecting(now, config);
+        conn.handle_connected(now);
+        let mut queued = Vec::new();
+        for (AnyMessage(h, body), high) in msgs.iter().take(8) {
+            let priority = if *high && body.len() <= 8000 {
+                Priority::High
+            } else {
+                Priority::Normal
+            };
+            conn.send(now, Message::new(*h, body), priority).unwrap();
+            queued.push(Seen::Message(*h, body.clone()));
+        }
+        let mut sent = Vec::new();
+        let mut step = 0usize;
+        while let Some(data) = conn.poll_transmit() {
+            // Some zero-byte writes too (a full socket buffer), never two in a row; bounded,
+            // so a stall fails.
+            let w = writes
+                .get(step % writes.len().max(1))
+                .copied()
+                .unwrap_or(usize::MAX);
+            let n = if step % 2 == 1 && w % 4 == 0 {
+                0
+            } else {
+                1 + w % data.len()
+            };
+            sent.extend_from_slice(&data[..n]);
+            conn.consume_transmit(n);
+            step += 1;
+            if step == usize::from(ping_step) {
+                conn.handle_timeout(now + config.ping_interval);
+            }
+            if step > 200_000 {
+                return false;
+            }
+        }
+        let seen = receive(&[&sent]);
+        let frames = FrameCount::of(&sent);
+        let st = conn.stats();
+        let messages: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| matches!(s, Seen::Message(..)))
+            .collect();
+        let pings = seen
+            .iter()
+            .filter(|s| **s == Seen::System(FrameKind::Ping))
+            .count();
+        // The same messages, each priority in its own order (high ones may overtake).
+        let same = |high: bool| {
+            let ours: Vec<&Seen> = msgs
+                .iter()
+                .take(8)
+                .zip(&queued)
+                .filter(|((AnyMessage(_, b), h), _)| (*h && b.len() <= 8000) == high)
+                .map(|(_, s)| s)
+                .collect();
+            let theirs: Vec<&Seen> = messages
+                .iter()
+                .copied()
+                .filter(|s| ours.contains(s))
+                .collect();
+            ours == theirs
+        };
+        frames.complete
+            && messages.len() == queued.len()
+            && same(true)
+            && same(false)
+            && pings == usize::from(step >= usize::from(ping_step) && ping_step > 0)
+            && st.frames_out == frames.count
+            && st.messages_out == queued.len() as u64
+            && st.bytes_out == sent.len() as u64
+    }
+    qc().tests(300)
+        .quickcheck(prop as fn(Vec<(AnyMessage, bool)>, Vec<usize>, u8) -> bool);
+}
+
+/// Frames in a byte stream, by their length fields.
+struct FrameCount {
+    count: u64,
+    /// The stream ends at a frame's end.
+    complete: bool,
+}
+
+impl FrameCount {
+    fn of(stream: &[u8]) -> Self {
+        let mut at = 0;
+        let mut count = 0;
+        while at + 2 <= stream.len() {
+            let len = usize::from(u16::from_le_bytes([stream[at], stream[at + 1]]));
+            if len < 2 {
+                break;
+            }
+            at += len;
+            count += 1;
+        }
+        FrameCount {
+            count,
+            complete: at == stream.len(),
+        }
+    }
+}
+
 #[test]
 fn any_chunking_gives_the_same_frames() {
     fn prop(msgs: Vec<AnyMessage>, cuts: Vec<usize>, garbage: Vec<u8>) -> TestResult {
