@@ -940,3 +940,25 @@ fn any_chunking_and_polling_gives_the_same_events() {
         .tests(300)
         .quickcheck(prop as fn(Vec<(u8, u16)>, Vec<usize>, Vec<u8>, bool, u8) -> TestResult);
 }
+
+#[test]
+fn written_bytes_are_walked_frame_by_frame() {
+    // Three frames of 10, 20 and 30 bytes (only the length fields matter).
+    let mut data = std::vec![0u8; 60];
+    data[0] = 10;
+    data[10] = 20;
+    data[30] = 30;
+    // Inside the first frame.
+    assert_eq!(walk_frames(&data, 10, 4, true), (0, 6));
+    // Exactly its end: the next frame follows only if more was handed out.
+    assert_eq!(walk_frames(&data, 10, 10, true), (1, 20));
+    assert_eq!(walk_frames(&data, 10, 10, false), (1, 0));
+    // Into the third frame.
+    assert_eq!(walk_frames(&data, 10, 35, true), (2, 25));
+    // All of it.
+    assert_eq!(walk_frames(&data, 10, 60, false), (3, 0));
+    // Starting 4 bytes into the first frame.
+    assert_eq!(walk_frames(&data[4..], 6, 26, true), (2, 30));
+    // A zero length field (never in a queue) stops the walk instead of looping.
+    assert_eq!(walk_frames(&[0u8; 8], 4, 6, true), (1, 0));
+}
