@@ -384,25 +384,26 @@ fn a_broadcast_to_fifty_peers_arrives_once_at_each() {
     }
 }
 
-#[test]
-fn a_thousand_concurrent_requests_are_matched_and_time_out() {
+/// A network whose links cut writes into pieces of at most `max_chunk` bytes, with an echo
+/// server on it (dropping every `drop_every`th request, if set).
+fn sim_with_echo_server(seed: u64, max_chunk: usize, drop_every: Option<i32>) -> (Sim, HostId) {
     let mut sim = Sim::new(
-        26,
+        seed,
         LinkModel {
-            max_chunk: 333,
+            max_chunk,
             ..LinkModel::default()
         },
     );
     let server = sim.add_host(
         "server",
-        NodeHost::new(
-            sim.now(),
-            NodeConfig::default(),
-            Echo {
-                drop_every: Some(10),
-            },
-        ),
+        NodeHost::new(sim.now(), NodeConfig::default(), Echo { drop_every }),
     );
+    (sim, server)
+}
+
+#[test]
+fn a_thousand_concurrent_requests_are_matched_and_time_out() {
+    let (mut sim, server) = sim_with_echo_server(26, 333, Some(10));
     // 49 quiet peers, and the client making the requests.
     let server_addr = sim.addr(server);
     for i in 0..49 {
@@ -472,17 +473,7 @@ fn a_thousand_concurrent_requests_are_matched_and_time_out() {
 /// request (start, every chunk in order, end), never as a routed message.
 #[test]
 fn a_large_reply_to_a_chunked_client_comes_as_reply_parts() {
-    let mut sim = Sim::new(
-        27,
-        LinkModel {
-            max_chunk: 1000,
-            ..LinkModel::default()
-        },
-    );
-    let server = sim.add_host(
-        "server",
-        NodeHost::new(sim.now(), NodeConfig::default(), Echo { drop_every: None }),
-    );
+    let (mut sim, server) = sim_with_echo_server(27, 1000, None);
     let mut config = NodeConfig::default();
     config.connection.sequence_delivery = flowee_proto::connection::SequenceDelivery::Chunks;
     let mut host = NodeHost::new(sim.now(), config, ());
