@@ -3,11 +3,14 @@
 //!
 //! Echoes are taken by a [`Service`] on the client (no copy, no allocation per message): in
 //! throughput mode it sends the next message as each echo comes back, keeping `window` in
-//! flight; in latency mode one message is in flight and each round trip is timed.
+//! flight; in latency mode one message is in flight and each round trip is timed. While more
+//! than [`PACE`] bytes wait to be written, the next message is held back and a sender sends it
+//! once the queue has drained (`Client::drain_to`), so the socket sets the pace and large
+//! bodies do not pile up in memory (as a tokio-util `FramedWrite` waits in `poll_ready`).
 
 use crate::net::Failure;
 use event_listener::{Event, Listener};
-use flowee_smol::{Header, Message, NodeConfig, Priority, Request, Responder, Service};
+use flowee_smol::{Header, Message, NodeConfig, Priority, Request, Responder, SendError, Service};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -135,6 +138,10 @@ impl fmt::Display for Outcome {
 /// The service id the benchmark's messages use (the echo server sends anything back).
 pub const BENCH_SERVICE: i32 = 100;
 
+/// Bytes queued on the client above which the next message waits for the socket to take
+/// them (as a `Sink` waits in `poll_ready`) instead of piling up in memory.
+const PACE: usize = 64 * 1024;
+
 /// State shared by the client's echo handler and the code waiting for it.
 struct Echoes {
     header: Header,
@@ -147,6 +154,13 @@ struct Echoes {
     wrong: AtomicU64,
     done: AtomicBool,
     finished: Event,
+    /// Messages held back while more than [`PACE`] bytes waited to be written; the sender
+    /// sends them as the queue drains.
+    held: AtomicU64,
+    /// Wakes the sender.
+    resume: Event,
+    /// Why the sender gave up.
+    send_error: Mutex<Option<String>>,
     /// Latency mode: when the message in flight left, and the round trips so far.
     timing: Mutex<(Instant, Vec<Duration>)>,
 }
@@ -164,6 +178,9 @@ impl Echoes {
             wrong: AtomicU64::new(0),
             done: AtomicBool::new(false),
             finished: Event::new(),
+            held: AtomicU64::new(0),
+            resume: Event::new(),
+            send_error: Mutex::new(None),
             timing: Mutex::new((
                 Instant::now(),
                 Vec::with_capacity(if bench.latency { count as usize } else { 0 }),
@@ -184,12 +201,56 @@ impl Echoes {
         }
     }
 
+    /// Takes the right to send one more message, if any are left to send.
+    fn claim(&self) -> bool {
+        self.sent
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                (s < self.count).then_some(s + 1)
+            })
+            .is_ok()
+    }
+
     fn finish(&self) {
         self.done.store(true, Ordering::SeqCst);
         self.finished.notify(usize::MAX);
+        self.resume.notify(usize::MAX);
+    }
+
+    /// Holds back one claimed message for the sender.
+    fn hold(&self) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+        self.resume.notify(1);
+    }
+
+    /// What the sender does after sending a held message: false when it must stop.
+    fn sent_held(&self, result: Result<(), SendError<Message<'_>>>) -> bool {
+        match result {
+            Ok(()) => {
+                self.held.fetch_sub(1, Ordering::SeqCst);
+                true
+            }
+            // Too many messages queued, however small: the sender waits for an empty queue.
+            Err(SendError::QueueFull(_)) => true,
+            Err(e) => {
+                *self
+                    .send_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                self.finish();
+                false
+            }
+        }
     }
 
     fn outcome(&self, elapsed: Duration) -> Result<Outcome, Failure> {
+        if let Some(e) = self
+            .send_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return Err(Failure(format!("cannot send: {e}")));
+        }
         let wrong = self.wrong.load(Ordering::SeqCst);
         if wrong > 0 {
             return Err(Failure(format!("{wrong} echoes differ from what was sent")));
@@ -238,8 +299,8 @@ impl Service for EchoHandler {
             timing.0 = now;
         }
         let received = e.received.fetch_add(1, Ordering::Relaxed) + 1;
-        if e.sent.load(Ordering::Relaxed) < e.count && out.reply(e.message()).is_ok() {
-            e.sent.fetch_add(1, Ordering::Relaxed);
+        if e.claim() && (out.queued() > PACE || out.reply(e.message()).is_err()) {
+            e.hold();
         }
         if received >= e.count {
             e.finish();
@@ -265,6 +326,25 @@ pub async fn run_smol(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
         |handler| client.handle(BENCH_SERVICE, None, handler),
         |m| client.send(m, Priority::Normal).map_err(|e| e.to_string()),
     )?;
+    let sender = async {
+        let mut full = false;
+        loop {
+            event_listener::listener!(echoes.resume => listener);
+            if echoes.done.load(Ordering::SeqCst) {
+                break;
+            }
+            if echoes.held.load(Ordering::SeqCst) == 0 {
+                listener.await;
+                continue;
+            }
+            client.drain_to(if full { 0 } else { PACE }).await;
+            let result = client.send(echoes.message(), Priority::Normal);
+            full = matches!(result, Err(SendError::QueueFull(_)));
+            if !echoes.sent_held(result) {
+                break;
+            }
+        }
+    };
     let finished = async {
         while !echoes.done.load(Ordering::SeqCst) {
             let listener = echoes.finished.listen();
@@ -275,6 +355,10 @@ pub async fn run_smol(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
         }
     };
     finished
+        .or(async {
+            sender.await;
+            std::future::pending().await
+        })
         .or(async {
             smol::Timer::after(bench.timeout).await;
         })
@@ -294,6 +378,33 @@ pub fn run_std(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
         |m| client.send(m, Priority::Normal).map_err(|e| e.to_string()),
     )?;
     let deadline = start + bench.timeout;
+    let sender = {
+        let (echoes, client) = (echoes.clone(), client.clone());
+        std::thread::spawn(move || {
+            let mut full = false;
+            loop {
+                let listener = echoes.resume.listen();
+                if echoes.done.load(Ordering::SeqCst) {
+                    break;
+                }
+                if echoes.held.load(Ordering::SeqCst) == 0 {
+                    if listener.wait_deadline(deadline).is_none() {
+                        break;
+                    }
+                    continue;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !client.drain_to(if full { 0 } else { PACE }, left) {
+                    break;
+                }
+                let result = client.send(echoes.message(), Priority::Normal);
+                full = matches!(result, Err(SendError::QueueFull(_)));
+                if !echoes.sent_held(result) {
+                    break;
+                }
+            }
+        })
+    };
     while !echoes.done.load(Ordering::SeqCst) {
         let listener = echoes.finished.listen();
         if echoes.done.load(Ordering::SeqCst) || listener.wait_deadline(deadline).is_none() {
@@ -301,7 +412,10 @@ pub fn run_std(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
         }
     }
     let elapsed = start.elapsed();
+    // Closing ends the sender's wait for the queue, if it waits.
+    echoes.finish();
     client.close();
+    let _ = sender.join();
     echoes.outcome(elapsed)
 }
 
@@ -310,7 +424,7 @@ pub fn run_std(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
 fn start<T, E: std::fmt::Display>(
     bench: &Bench,
     handle: impl FnOnce(EchoHandler) -> Result<T, E>,
-    mut send: impl FnMut(Message<'_>) -> Result<(), String>,
+    send: impl FnOnce(Message<'_>) -> Result<(), String>,
 ) -> Result<(Arc<Echoes>, Instant), Failure> {
     let echoes = Echoes::new(bench);
     handle(EchoHandler(echoes.clone())).map_err(|e| Failure(e.to_string()))?;
@@ -324,10 +438,13 @@ fn start<T, E: std::fmt::Display>(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .0 = Instant::now();
-    for _ in 0..echoes.initial(bench.window) {
-        // Count first: an echo may come back before `send` returns.
-        echoes.sent.fetch_add(1, Ordering::SeqCst);
-        send(echoes.message()).map_err(|e| Failure(format!("cannot send: {e}")))?;
+    // Count first: an echo may come back before `send` returns.
+    echoes.claim();
+    // The rest of the window goes out through the sender, at the socket's pace.
+    for _ in 1..echoes.initial(bench.window) {
+        echoes.claim();
+        echoes.hold();
     }
+    send(echoes.message()).map_err(|e| Failure(format!("cannot send: {e}")))?;
     Ok((echoes, start))
 }

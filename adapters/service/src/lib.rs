@@ -143,6 +143,14 @@ impl<'a> Responder<'a> {
         let _ = self.node.close(self.now, self.id);
     }
 
+    /// Bytes waiting to be written to the peer the request came from: a service answering a
+    /// peer that reads slowly can hold back its replies instead of queueing them.
+    pub fn queued(&self) -> usize {
+        self.node
+            .connection(self.id)
+            .map_or(0, |c| c.queued_bytes())
+    }
+
     /// The connection the request came on.
     pub fn connection(&self) -> ConnId {
         self.id
@@ -473,5 +481,42 @@ mod tests {
             }
         );
         assert_eq!(seen[1], NodeEvent::Removed { id, unsent: (0, 0) });
+    }
+
+    #[test]
+    fn services_see_what_waits_for_their_peer() {
+        let mut node: Node = Node::new(Instant::ZERO, NodeConfig::default());
+        let mut d = Dispatch::default();
+        let h = node.open_handle(Scope::Node).unwrap();
+        node.subscribe(h, 3, None).unwrap();
+        // Before and after each reply of two: what the service saw waiting.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        d.set_sink(
+            h,
+            Some(Arc::new(
+                move |req: &Request<'_>, out: &mut Responder<'_>| {
+                    let before = out.queued();
+                    let _ = out.reply(Message::new(
+                        reply_header(&req.message.header),
+                        req.message.body,
+                    ));
+                    s2.lock().unwrap().push((before, out.queued()));
+                },
+            )),
+        );
+        let id = node
+            .accept(Instant::ZERO, "10.0.0.1:5000".parse().unwrap())
+            .unwrap();
+        // Two messages (service 3, message 2, body 0xAA); the replies are 10 bytes each.
+        let frame = [0x0A, 0x00, 0x08, 0x03, 0x10, 0x02, 0x58, 0x07, 0x04, 0xAA];
+        node.handle_input(Instant::ZERO, id, &[frame, frame].concat())
+            .unwrap();
+        d.pump(&mut node, Instant::ZERO, &mut Actions::default());
+        assert_eq!(*seen.lock().unwrap(), [(0, 10), (10, 20)]);
+        // What is transmitted no longer waits.
+        assert_eq!(node.poll_transmit(id).map(<[u8]>::len), Some(20));
+        node.consume_transmit(id, 20);
+        assert_eq!(node.connection(id).unwrap().queued_bytes(), 0);
     }
 }

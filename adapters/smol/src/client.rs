@@ -130,6 +130,14 @@ impl Client {
         result
     }
 
+    /// Waits until at most `max_queued` bytes wait in the send queue (at once if the client
+    /// is closing). [`Client::send`] never waits; awaiting this between sends lets the socket
+    /// set the pace, as a `Sink`'s `poll_ready` does, so a fast sender does not pile up its
+    /// messages in memory.
+    pub async fn drain_to(&self, max_queued: usize) {
+        self.rt.drain_to(self.id, max_queued).await
+    }
+
     /// Sends a request (the node sets its RequestId, header tag 11) and waits for the reply
     /// that carries the same RequestId.
     pub async fn request(

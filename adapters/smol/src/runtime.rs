@@ -130,6 +130,9 @@ pub(crate) struct Runtime {
     accept_stop: Event,
     tasks: AtomicU64,
     tasks_done: Event,
+    /// Notified after a write, when a connection's task ends and when stopping: wakes those
+    /// waiting for a send queue to drain ([`Runtime::drain_to`]).
+    written: Event,
 }
 
 impl Runtime {
@@ -150,6 +153,7 @@ impl Runtime {
             accept_stop: Event::new(),
             tasks: AtomicU64::new(0),
             tasks_done: Event::new(),
+            written: Event::new(),
         });
         let timer = rt.clone();
         rt.spawn(async move { timer.run_timer().await });
@@ -407,13 +411,15 @@ impl Runtime {
         self.pump();
     }
 
-    /// Writes what the node has for `id` without waiting; true if the socket is full.
     /// Drains the node's outputs, then writes what it has for `id` without waiting, all under
-    /// one lock. Returns whether the socket is full, and whether more is left to write.
+    /// one lock. Returns whether the socket is full, and whether more is left to write. With
+    /// `full` (the last write found the socket full and it has not been writable since) it
+    /// does not try: a write would only fail again.
     fn pump_and_flush(
         self: &Arc<Self>,
         id: ConnId,
         stream: &Async<TcpStream>,
+        full: bool,
     ) -> io::Result<Flushed> {
         self.pump_except(Some(id));
         let mut inner = self.lock();
@@ -422,6 +428,15 @@ impl Runtime {
             more: false,
             wrote: false,
         };
+        if full {
+            let more = inner
+                .node
+                .connection(id)
+                .is_some_and(|c| c.wants_transmit());
+            flushed.blocked = more;
+            flushed.more = more;
+            return Ok(flushed);
+        }
         for _ in 0..WRITE_BUDGET {
             let Some(data) = inner.node.poll_transmit(id) else {
                 return Ok(flushed);
@@ -519,6 +534,8 @@ impl Runtime {
         let mut burst = 0;
         // How much the next read takes (see `ANSWERED_READ`).
         let mut limit = READ_BUF;
+        // The last write found the socket full, and it has not been writable since.
+        let mut full = false;
         loop {
             // EOF goes to the node only after every byte before it.
             if !open && held.is_empty() && !eof_told {
@@ -528,8 +545,11 @@ impl Runtime {
             let held_back = !self.offer_held(id, &mut held);
             // Listen before looking, so a wake-up in between is not lost.
             event_listener::listener!(signal.event => listener);
-            let (blocked, more) = match self.pump_and_flush(id, &stream) {
+            let (blocked, more) = match self.pump_and_flush(id, &stream, full) {
                 Ok(flushed) => {
+                    if flushed.wrote {
+                        self.written.notify(usize::MAX);
+                    }
                     limit = if flushed.wrote {
                         ANSWERED_READ
                     } else {
@@ -542,6 +562,7 @@ impl Runtime {
                     (true, false)
                 }
             };
+            full = blocked;
             if signal.disconnect.load(Ordering::SeqCst) {
                 break;
             }
@@ -578,6 +599,7 @@ impl Runtime {
             let writable = async {
                 if blocked {
                     let _ = stream.writable().await;
+                    full = false;
                 } else {
                     std::future::pending::<()>().await;
                 }
@@ -589,6 +611,22 @@ impl Runtime {
         }
         drop(stream);
         self.lock().conns.remove(&id);
+        self.written.notify(usize::MAX);
+    }
+
+    /// Waits until at most `max_queued` bytes wait to be written on `id`, the connection is
+    /// gone, or the runtime is stopping.
+    pub(crate) async fn drain_to(&self, id: ConnId, max_queued: usize) {
+        loop {
+            event_listener::listener!(self.written => listener);
+            let queued = self.lock().node.connection(id).map(|c| c.queued_bytes());
+            match queued {
+                Some(q) if q > max_queued && !self.stopping.load(Ordering::SeqCst) => {
+                    listener.await
+                }
+                _ => return,
+            }
+        }
     }
 
     fn eof(self: &Arc<Self>, id: ConnId) {
@@ -644,13 +682,23 @@ impl Runtime {
     pub(crate) async fn shutdown(self: &Arc<Self>, grace: Duration) {
         self.stop_accepting();
         let end = std::time::Instant::now() + grace;
-        while self.queued() > 0 && std::time::Instant::now() < end {
-            smol::Timer::after(Duration::from_millis(5)).await;
+        loop {
+            event_listener::listener!(self.written => listener);
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if self.queued() == 0 || left.is_zero() {
+                break;
+            }
+            listener
+                .or(async {
+                    smol::Timer::after(left).await;
+                })
+                .await;
         }
         let now = self.now();
         {
             let mut inner = self.lock();
             self.stopping.store(true, Ordering::SeqCst);
+            self.written.notify(usize::MAX);
             let ids: Vec<ConnId> = inner.node.connections().collect();
             for id in ids {
                 let _ = inner.node.close(now, id);

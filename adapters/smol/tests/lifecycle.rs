@@ -37,6 +37,39 @@ async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     .await
 }
 
+/// A peer that accepts one connection and reads nothing until told (or until the sender is
+/// dropped), then everything; the thread returns the bytes read.
+fn peer_reading_when_told() -> (SocketAddr, mpsc::Sender<()>, thread::JoinHandle<usize>) {
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = raw.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let reader = thread::spawn(move || {
+        let (mut stream, _) = raw.accept().unwrap();
+        let _ = go_rx.recv();
+        let mut buf = vec![0; 64 * 1024];
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    (addr, go_tx, reader)
+}
+
+/// Queues 32 MiB, more than loopback socket buffers hold, so most of it waits in the queue
+/// while the peer does not read.
+fn queue_32_mib(client: &Client) {
+    let body = vec![0x5a; 1 << 20];
+    for i in 0..32 {
+        client
+            .send(Message::new(Header::new(4, i), &body), Priority::Normal)
+            .unwrap();
+    }
+}
+
 /// The first event that matches.
 async fn wait_event(events: &mut Events, matches: impl Fn(&NodeEvent) -> bool) -> NodeEvent {
     within("waiting for an event", async {
@@ -166,22 +199,7 @@ fn shutdown_writes_what_is_queued_first() {
 fn dropping_a_client_writes_what_is_queued_first() {
     // A peer that accepts and does not read until told, so the queue is still full when
     // the client is dropped.
-    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = raw.local_addr().unwrap();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let reader = thread::spawn(move || {
-        let (mut stream, _) = raw.accept().unwrap();
-        go_rx.recv().unwrap();
-        let mut buf = vec![0; 64 * 1024];
-        let mut total = 0usize;
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        total
-    });
+    let (addr, go_tx, reader) = peer_reading_when_told();
     const COUNT: usize = 300;
     const LEN: usize = 16 * 1024;
     smol::block_on(async {
@@ -209,22 +227,7 @@ fn dropping_a_client_writes_what_is_queued_first() {
 fn a_full_queue_gives_the_message_back() {
     // A peer that accepts and does not read until told: the socket buffers fill, then the
     // one-message queue.
-    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = raw.local_addr().unwrap();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let reader = thread::spawn(move || {
-        let (mut stream, _) = raw.accept().unwrap();
-        go_rx.recv().unwrap();
-        let mut buf = vec![0; 64 * 1024];
-        let mut total = 0usize;
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        total
-    });
+    let (addr, go_tx, reader) = peer_reading_when_told();
 
     smol::block_on(async {
         let mut config = NodeConfig::default();
@@ -283,4 +286,48 @@ fn a_failed_connect_keeps_its_io_error() {
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     // The operating system's own error, not a summary of it.
     assert!(e.raw_os_error().is_some(), "{e:?}");
+}
+
+#[test]
+fn drain_to_waits_until_the_peer_has_read() {
+    let (addr, go_tx, reader) = peer_reading_when_told();
+    smol::block_on(async {
+        let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
+        queue_32_mib(&client);
+        let queued = client.stats().unwrap().queued_bytes;
+        assert!(queued > 0);
+        // Already at or below the mark: no wait.
+        assert!(
+            smol::future::poll_once(client.drain_to(queued))
+                .await
+                .is_some()
+        );
+        // The peer reads nothing yet, so the queue cannot empty.
+        assert!(smol::future::poll_once(client.drain_to(0)).await.is_none());
+        go_tx.send(()).unwrap();
+        within("the queue drains", client.drain_to(0)).await;
+        assert_eq!(client.stats().unwrap().queued_bytes, 0);
+        client.close().await;
+    });
+    assert!(reader.join().unwrap() >= 32 << 20);
+}
+
+#[test]
+fn drain_to_returns_when_the_client_closes() {
+    let (addr, go_tx, reader) = peer_reading_when_told();
+    smol::block_on(async {
+        let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
+        queue_32_mib(&client);
+        let waiting = smol::spawn({
+            let client = client.clone();
+            async move { client.drain_to(0).await }
+        });
+        // The peer never reads: the close gives up on the queue after its grace time, and the
+        // wait ends with it.
+        within("the close", client.close()).await;
+        within("drain_to after the close", waiting).await;
+    });
+    // What the peer finally reads is what the sockets held: the queue never drained.
+    drop(go_tx);
+    assert!(reader.join().unwrap() < 32 << 20);
 }

@@ -126,7 +126,8 @@ pub(crate) struct Runtime {
     inner: Mutex<Inner>,
     /// Wakes the timer thread (used with `inner`).
     timer: Condvar,
-    /// Writers made progress or sockets closed (used with `inner`, by the shutdown).
+    /// Writers made progress, sockets closed or the runtime is stopping (used with `inner`,
+    /// by the shutdown and [`Runtime::drain_to`]).
     progress: Condvar,
     /// The node's clock starts here.
     epoch: std::time::Instant,
@@ -558,6 +559,28 @@ impl Runtime {
         }
     }
 
+    /// Blocks until at most `max_queued` bytes wait to be written on `id` (true), the
+    /// connection is gone or the runtime is stopping (true), or `timeout` passes (false).
+    pub(crate) fn drain_to(&self, id: ConnId, max_queued: usize, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            match inner.node.connection(id).map(|c| c.queued_bytes()) {
+                Some(q) if q > max_queued && !inner.stopping => {}
+                _ => return true,
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            inner = self
+                .progress
+                .wait_timeout(inner, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
     /// Writes what is queued (waiting at most `grace`), closes every connection, ends every
     /// stream and waiter, and joins the threads. Later calls return at once.
     pub(crate) fn shutdown(self: &Arc<Self>, grace: Duration) {
@@ -581,6 +604,8 @@ impl Runtime {
         let now = self.now();
         inner.stopping = true;
         inner.accepting = false;
+        // Those waiting for a queue to drain return now.
+        self.progress.notify_all();
         let ids: Vec<ConnId> = inner.node.connections().collect();
         for id in ids {
             let _ = inner.node.close(now, id);

@@ -7,7 +7,7 @@ use flowee_std::{
     Request, RequestFailure, Responder, SendError, Server, reply_header,
 };
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::num::NonZeroUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -57,6 +57,39 @@ fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) {
         assert!(Instant::now() < end, "condition not met in {timeout:?}");
         // A poll interval, not a synchronisation: the condition is checked again.
         thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A peer that accepts one connection and reads nothing until told (or until the sender is
+/// dropped), then everything; the thread returns the bytes read.
+fn peer_reading_when_told() -> (SocketAddr, mpsc::Sender<()>, thread::JoinHandle<usize>) {
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = raw.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let reader = thread::spawn(move || {
+        let (mut stream, _) = raw.accept().unwrap();
+        let _ = go_rx.recv();
+        let mut buf = vec![0; 64 * 1024];
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    (addr, go_tx, reader)
+}
+
+/// Queues 32 MiB, more than loopback socket buffers hold, so most of it waits in the queue
+/// while the peer does not read.
+fn queue_32_mib(client: &Client) {
+    let body = vec![0x5a; 1 << 20];
+    for i in 0..32 {
+        client
+            .send(Message::new(Header::new(4, i), &body), Priority::Normal)
+            .unwrap();
     }
 }
 
@@ -264,23 +297,7 @@ fn events_tell_connects_and_closes_with_their_reason() {
 fn a_full_queue_gives_the_message_back() {
     // A peer that accepts and does not read until told: the socket buffers fill, then the
     // one-message queue.
-    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = raw.local_addr().unwrap();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let reader = thread::spawn(move || {
-        let (mut stream, _) = raw.accept().unwrap();
-        go_rx.recv().unwrap();
-        let mut buf = vec![0; 64 * 1024];
-        let mut total = 0usize;
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        total
-    });
-
+    let (addr, go_tx, reader) = peer_reading_when_told();
     let mut config = NodeConfig::default();
     config.connection.normal_queue_len = NonZeroUsize::new(1).unwrap();
     let client = Client::connect(addr, config).unwrap();
@@ -317,6 +334,42 @@ fn a_full_queue_gives_the_message_back() {
         total >= accepted * body.len(),
         "{total} < {accepted} × 64 KiB"
     );
+}
+
+#[test]
+fn drain_to_waits_until_the_peer_has_read() {
+    let (addr, go_tx, reader) = peer_reading_when_told();
+    let client = Client::connect(addr, NodeConfig::default()).unwrap();
+    queue_32_mib(&client);
+    let queued = client.stats().unwrap().queued_bytes;
+    assert!(queued > 0);
+    // Already at or below the mark: true at once, whatever the timeout.
+    assert!(client.drain_to(queued, Duration::ZERO));
+    // The peer reads nothing yet, so the queue cannot empty: the wait times out.
+    assert!(!client.drain_to(0, Duration::from_millis(1)));
+    go_tx.send(()).unwrap();
+    assert!(client.drain_to(0, WAIT), "the queue never drained");
+    assert_eq!(client.stats().unwrap().queued_bytes, 0);
+    client.close();
+    assert!(reader.join().unwrap() >= 32 << 20);
+}
+
+#[test]
+fn drain_to_returns_when_the_client_closes() {
+    let (addr, go_tx, reader) = peer_reading_when_told();
+    let client = Client::connect(addr, NodeConfig::default()).unwrap();
+    queue_32_mib(&client);
+    let waiting = thread::spawn({
+        let client = client.clone();
+        move || client.drain_to(0, WAIT * 3)
+    });
+    // The peer never reads: the close gives up on the queue after its grace time, and the
+    // wait ends with it (true: not a timeout).
+    client.close();
+    assert!(waiting.join().unwrap());
+    // What the peer finally reads is what the sockets held: the queue never drained.
+    drop(go_tx);
+    assert!(reader.join().unwrap() < 32 << 20);
 }
 
 #[test]

@@ -362,6 +362,11 @@ impl<S: Storage> Connection<S> {
         }
     }
 
+    /// Bytes waiting to be transmitted (as in [`Stats::queued_bytes`], without the rest).
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox.pending_bytes()
+    }
+
     /// Counters and queue lengths.
     pub fn stats(&self) -> Stats {
         let mut stats = self.stats;
