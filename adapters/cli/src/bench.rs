@@ -4,7 +4,7 @@
 //! Echoes are taken by a [`Service`] on the client (no copy, no allocation per message): in
 //! throughput mode it sends the next message as each echo comes back, keeping `window` in
 //! flight; in latency mode one message is in flight and each round trip is timed. While more
-//! than [`PACE`] bytes wait to be written, the next message is held back and a sender sends it
+//! than 64 KiB wait to be written, the next message is held back and a sender sends it
 //! once the queue has drained (`Client::drain_to`), so the socket sets the pace and large
 //! bodies do not pile up in memory (as a tokio-util `FramedWrite` waits in `poll_ready`).
 
@@ -154,7 +154,7 @@ struct Echoes {
     wrong: AtomicU64,
     done: AtomicBool,
     finished: Event,
-    /// Messages held back while more than [`PACE`] bytes waited to be written; the sender
+    /// Messages held back while more than `PACE` bytes waited to be written; the sender
     /// sends them as the queue drains.
     held: AtomicU64,
     /// Wakes the sender.
