@@ -438,13 +438,18 @@ fn start<T, E: std::fmt::Display>(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .0 = Instant::now();
-    // Count first: an echo may come back before `send` returns.
-    echoes.claim();
-    // The rest of the window goes out through the sender, at the socket's pace.
-    for _ in 1..echoes.initial(bench.window) {
+    // The first message goes out here, the rest of the window through the sender, at the
+    // socket's pace.
+    let mut send = Some(send);
+    for _ in 0..echoes.initial(bench.window) {
+        // Count first: an echo may come back before `send` returns.
         echoes.claim();
-        echoes.hold();
+        match send.take() {
+            Some(send) => {
+                send(echoes.message()).map_err(|e| Failure(format!("cannot send: {e}")))?
+            }
+            None => echoes.hold(),
+        }
     }
-    send(echoes.message()).map_err(|e| Failure(format!("cannot send: {e}")))?;
     Ok((echoes, start))
 }

@@ -146,9 +146,7 @@ impl<'a> Responder<'a> {
     /// Bytes waiting to be written to the peer the request came from: a service answering a
     /// peer that reads slowly can hold back its replies instead of queueing them.
     pub fn queued(&self) -> usize {
-        self.node
-            .connection(self.id)
-            .map_or(0, |c| c.queued_bytes())
+        self.node.queued_bytes(self.id).unwrap_or(0)
     }
 
     /// The connection the request came on.

@@ -130,10 +130,10 @@ impl Client {
         result
     }
 
-    /// Waits until at most `max_queued` bytes wait in the send queue (at once if the client
-    /// is closing). [`Client::send`] never waits; awaiting this between sends lets the socket
-    /// set the pace, as a `Sink`'s `poll_ready` does, so a fast sender does not pile up its
-    /// messages in memory.
+    /// Waits until at most `max_queued` bytes wait in the send queue, or the client is closed.
+    /// While the client waits to reconnect, what is queued waits too. [`Client::send`] never
+    /// waits; awaiting this between sends lets the socket set the pace, as a `Sink`'s
+    /// `poll_ready` does, so a fast sender does not pile up its messages in memory.
     pub async fn drain_to(&self, max_queued: usize) {
         self.rt.drain_to(self.id, max_queued).await
     }

@@ -406,6 +406,8 @@ impl Runtime {
                 let mut inner = self.lock();
                 inner.connect_error = Some((id, e));
                 let _ = inner.node.handle_connect_failed(now, id);
+                // No task ends here to say the connection is no longer live.
+                self.written.notify(usize::MAX);
             }
         }
         self.pump();
@@ -578,12 +580,16 @@ impl Runtime {
                 continue;
             }
             if unread && open && held.is_empty() {
-                // The answers to the last read are written; read on without waiting.
+                // The answers to the last read are written (or the socket is full); read on
+                // without waiting.
                 let got;
                 (open, unread, got) = self.read(id, &stream, &mut held, limit).state();
                 burst += got;
                 if burst >= READ_BUDGET {
                     burst = 0;
+                    // A peer that never stops sending keeps this loop from waiting for
+                    // `writable`: try a write again once per budget.
+                    full = false;
                     smol::future::yield_now().await;
                 }
                 continue;
@@ -604,7 +610,9 @@ impl Runtime {
                     std::future::pending::<()>().await;
                 }
             };
-            readable.or(writable).or(listener).await;
+            // Writable first: when a wake-up reports both, `full` is cleared (the read below
+            // happens anyway).
+            writable.or(readable).or(listener).await;
             if open && held.is_empty() {
                 (open, unread, _) = self.read(id, &stream, &mut held, limit).state();
             }
@@ -614,12 +622,12 @@ impl Runtime {
         self.written.notify(usize::MAX);
     }
 
-    /// Waits until at most `max_queued` bytes wait to be written on `id`, the connection is
-    /// gone, or the runtime is stopping.
+    /// Waits until at most `max_queued` bytes wait to be written on `id` (also while it waits
+    /// to reconnect), the connection is gone, or the runtime is stopping.
     pub(crate) async fn drain_to(&self, id: ConnId, max_queued: usize) {
         loop {
             event_listener::listener!(self.written => listener);
-            let queued = self.lock().node.connection(id).map(|c| c.queued_bytes());
+            let queued = self.lock().node.queued_bytes(id);
             match queued {
                 Some(q) if q > max_queued && !self.stopping.load(Ordering::SeqCst) => {
                     listener.await

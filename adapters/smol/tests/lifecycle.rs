@@ -331,3 +331,36 @@ fn drain_to_returns_when_the_client_closes() {
     drop(go_tx);
     assert!(reader.join().unwrap() < 32 << 20);
 }
+
+#[test]
+fn drain_to_waits_while_reconnecting_and_ends_at_close() {
+    // A peer that accepts once, then goes away for good.
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = raw.local_addr().unwrap();
+    smol::block_on(async {
+        let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
+        let mut events = client.events();
+        // The listener goes first, so no reconnect can slip into its backlog.
+        let (stream, _) = raw.accept().unwrap();
+        drop(raw);
+        drop(stream);
+        // A failed connect after the drop: the next try is seconds away, no task runs.
+        wait_event(
+            &mut events,
+            |e| matches!(e, NodeEvent::Reconnecting { attempt, .. } if *attempt >= 2),
+        )
+        .await;
+        client
+            .send(Message::new(Header::new(4, 1), b"later"), Priority::Normal)
+            .unwrap();
+        // What is queued waits for a connection that never comes.
+        let mut drained = std::pin::pin!(client.drain_to(0));
+        assert!(smol::future::poll_once(&mut drained).await.is_none());
+        // No connection task ends here: the close itself must end the wait.
+        within(
+            "the close, and drain_to after it",
+            smol::future::zip(client.close(), drained),
+        )
+        .await;
+    });
+}

@@ -135,10 +135,10 @@ impl Client {
             .with(|inner, now| inner.node.send(now, self.id, message, priority))
     }
 
-    /// Blocks until at most `max_queued` bytes wait in the send queue, or `timeout` passes
-    /// (then false); returns at once if the client is closing. [`Client::send`] never blocks;
-    /// calling this between sends lets the socket set the pace, so a fast sender does not
-    /// pile up its messages in memory.
+    /// Blocks until at most `max_queued` bytes wait in the send queue or the client is closed
+    /// (true), or until `timeout` passes (false). While the client waits to reconnect, what is
+    /// queued waits too. [`Client::send`] never blocks; calling this between sends lets the
+    /// socket set the pace, so a fast sender does not pile up its messages in memory.
     pub fn drain_to(&self, max_queued: usize, timeout: Duration) -> bool {
         self.rt.drain_to(self.id, max_queued, timeout)
     }

@@ -387,10 +387,14 @@ impl Runtime {
                     rt.start_socket(inner, now, id, socket.clone());
                 });
             }
-            Err(e) => self.with(|inner, now| {
-                inner.connect_error = Some((id, e));
-                let _ = inner.node.handle_connect_failed(now, id);
-            }),
+            Err(e) => {
+                self.with(|inner, now| {
+                    inner.connect_error = Some((id, e));
+                    let _ = inner.node.handle_connect_failed(now, id);
+                });
+                // The connection is no longer live (the shutdown waits on that).
+                self.progress.notify_all();
+            }
         }
     }
 
@@ -559,13 +563,14 @@ impl Runtime {
         }
     }
 
-    /// Blocks until at most `max_queued` bytes wait to be written on `id` (true), the
-    /// connection is gone or the runtime is stopping (true), or `timeout` passes (false).
+    /// Blocks until at most `max_queued` bytes wait to be written on `id`, also while it waits
+    /// to reconnect (true), the connection is gone or the runtime is stopping (true), or
+    /// `timeout` passes (false).
     pub(crate) fn drain_to(&self, id: ConnId, max_queued: usize, timeout: Duration) -> bool {
         let end = std::time::Instant::now() + timeout;
         let mut inner = self.lock();
         loop {
-            match inner.node.connection(id).map(|c| c.queued_bytes()) {
+            match inner.node.queued_bytes(id) {
                 Some(q) if q > max_queued && !inner.stopping => {}
                 _ => return true,
             }

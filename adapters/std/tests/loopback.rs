@@ -373,6 +373,44 @@ fn drain_to_returns_when_the_client_closes() {
 }
 
 #[test]
+fn drain_to_waits_while_reconnecting_and_ends_at_close() {
+    // A peer that accepts once, then goes away for good.
+    let raw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = raw.local_addr().unwrap();
+    let client = Client::connect(addr, NodeConfig::default()).unwrap();
+    let events = client.events();
+    // The listener goes first, so no reconnect can slip into its backlog.
+    let (stream, _) = raw.accept().unwrap();
+    drop(raw);
+    drop(stream);
+    // A failed connect after the drop: the next try is seconds away, no thread runs.
+    wait_event(
+        &events,
+        WAIT,
+        |e| matches!(e, NodeEvent::Reconnecting { attempt, .. } if *attempt >= 2),
+    );
+    client
+        .send(Message::new(Header::new(4, 1), b"later"), Priority::Normal)
+        .unwrap();
+    // What is queued waits for a connection that never comes.
+    assert!(!client.drain_to(0, Duration::from_millis(1)));
+    // No connection thread ends here: the close itself must end the wait (true: not a
+    // timeout). The close comes a moment after the wait began (if it came first, the wait
+    // would end at once and prove nothing).
+    let closer = thread::spawn({
+        let client = client.clone();
+        move || {
+            thread::sleep(Duration::from_millis(200));
+            client.close();
+        }
+    });
+    let waited = Instant::now();
+    assert!(client.drain_to(0, WAIT * 3));
+    assert!(waited.elapsed() < WAIT, "only the timeout ended the wait");
+    closer.join().unwrap();
+}
+
+#[test]
 fn shutdown_writes_what_is_queued_first() {
     let server = echo_server();
     let events = server.events();

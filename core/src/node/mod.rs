@@ -1392,6 +1392,16 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// Bytes waiting to be sent on `id`, also while it waits to reconnect (they go out after
+    /// the reconnect); `None` if there is no such connection.
+    pub fn queued_bytes(&self, id: ConnId) -> Option<usize> {
+        match &self.slot(id).ok()?.state {
+            State::Live(conn) => Some(conn.queued_bytes()),
+            State::Waiting { outbox, .. } => Some(outbox.pending_bytes()),
+            State::Free => None,
+        }
+    }
+
     /// The peer address of `id`.
     pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
         self.slot(id).ok().map(|s| s.peer)

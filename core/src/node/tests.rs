@@ -305,6 +305,33 @@ fn a_dropped_connection_reconnects_and_resends() {
 }
 
 #[test]
+fn queued_bytes_count_while_waiting_to_reconnect() {
+    let (mut client, mut server, c, _s) = connected(NodeConfig::default(), NodeConfig::default());
+    let big = [5u8; 20_000];
+    client
+        .send(t(0), c, msg(1, 2, &big), Priority::Normal)
+        .unwrap();
+    let n = client.poll_transmit(c).unwrap().len();
+    assert_eq!(client.queued_bytes(c), Some(n));
+    client.consume_transmit(c, n / 2);
+    assert_eq!(client.queued_bytes(c), Some(n - n / 2));
+    // Waiting to reconnect: the message cut short goes out whole again, so all of it waits.
+    client.handle_eof(t(1), c).unwrap();
+    drain(&mut client);
+    assert!(client.connection(c).is_none());
+    assert_eq!(client.queued_bytes(c), Some(n));
+    client.handle_timeout(t(1));
+    drain(&mut client);
+    let s2 = server.accept(t(1), addr(2, 40001)).unwrap();
+    client.handle_connected(t(1), c).unwrap();
+    pump(t(1), &mut client, &mut server, &[(c, s2)]);
+    assert_eq!(client.queued_bytes(c), Some(0));
+    client.close(t(2), c).unwrap();
+    drain(&mut client);
+    assert_eq!(client.queued_bytes(c), None);
+}
+
+#[test]
 fn a_peer_that_closes_at_once_is_backed_off() {
     let (mut client, _server, c, _s) = connected(NodeConfig::default(), NodeConfig::default());
     let mut delays = Vec::new();
