@@ -369,11 +369,20 @@ fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Conf
 
 fn drain_events<S: Storage>(c: &mut Connection<S>) -> usize {
     let mut closed = 0;
-    for _ in 0..DRAIN_LIMIT {
-        match c.poll_event() {
-            Some(Event::Closed { .. }) => closed += 1,
-            Some(_) => {}
+    let mut lent = Vec::new();
+    for i in 0..DRAIN_LIMIT {
+        let body = match c.poll_event() {
+            Some(Event::Closed { .. }) => {
+                closed += 1;
+                continue;
+            }
+            // Every other message's body is taken, which must give the same bytes.
+            Some(Event::Message(m)) if i % 2 == 0 => m.body.to_vec(),
+            Some(_) => continue,
             None => return closed,
+        };
+        if let Some(n) = c.take_body(&mut lent) {
+            assert_eq!(lent[..n], body[..], "take_body gave other bytes");
         }
     }
     panic!("poll_event does not run dry");
@@ -566,7 +575,8 @@ pub fn node(data: &[u8]) {
 
 fn drain_node(node: &mut Node<Heap>, ids: &mut Vec<ConnId>) {
     let mut removed = Vec::new();
-    for _ in 0..DRAIN_LIMIT {
+    let mut lent = Vec::new();
+    for i in 0..DRAIN_LIMIT {
         let Some(out) = node.poll_output() else {
             for id in removed {
                 assert!(node.connection(id).is_none(), "a removed id still works");
@@ -582,6 +592,17 @@ fn drain_node(node: &mut Node<Heap>, ids: &mut Vec<ConnId>) {
                 }
             }
             Output::Removed { id, .. } => removed.push(id),
+            // Every other message's body is taken: bodies longer than a frame can only be
+            // reassembled, and heap storage always lends those.
+            Output::Message { id, message, .. } | Output::Reply { id, message, .. }
+                if i % 2 == 0 =>
+            {
+                let body = message.body.to_vec();
+                match node.take_body(id, &mut lent) {
+                    Some(n) => assert_eq!(lent[..n], body[..], "take_body gave other bytes"),
+                    None => assert!(body.len() < MAX_FRAME_LEN, "a long body not lent"),
+                }
+            }
             _ => {}
         }
     }

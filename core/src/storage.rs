@@ -27,6 +27,15 @@ pub trait ByteStore {
     fn bytes(&self) -> &[u8];
     /// The usable bytes.
     fn bytes_mut(&mut self) -> &mut [u8];
+    /// Trades this store's memory for `other`'s, so full contents can be handed out without a
+    /// copy: afterwards `other` holds them (its whole length), and this store keeps `other`'s
+    /// old allocation, its length counting as usable bytes. False, changing nothing, where the
+    /// store cannot (fixed arrays).
+    #[cfg(feature = "alloc")]
+    fn swap_vec(&mut self, other: &mut alloc::vec::Vec<u8>) -> bool {
+        let _ = other;
+        false
+    }
 }
 
 impl<const N: usize> ByteStore for [u8; N] {
@@ -113,6 +122,16 @@ impl ByteStore for HeapBytes {
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.buf
+    }
+    fn swap_vec(&mut self, other: &mut alloc::vec::Vec<u8>) -> bool {
+        // What comes in must respect this store's bound; anything bigger is dropped.
+        let incoming = if other.len() <= self.max {
+            core::mem::take(other)
+        } else {
+            alloc::vec::Vec::new()
+        };
+        *other = core::mem::replace(&mut self.buf, incoming);
+        true
     }
 }
 

@@ -5,6 +5,7 @@
 //! Nothing here does I/O or waits: `flowee-smol` and `flowee-std` call [`Dispatch::pump`] with
 //! their node locked and act on the [`Actions`] it returns.
 
+use flowee_proto::frame::MAX_FRAME_LEN;
 use flowee_proto::node::{
     ConnId, HandleId, MAX_HANDLES, NodeError, Output, Refused, RequestError, RequestId, Scope,
 };
@@ -221,7 +222,11 @@ pub struct Dispatch {
     waiters: BTreeMap<RequestId, Waiter>,
     listeners: Vec<Listener>,
     peers: BTreeMap<ConnId, SocketAddr>,
+    /// Small message bodies, copied here so services can use the node while they look at them.
     scratch: Vec<u8>,
+    /// Large (reassembled) message bodies, traded here by [`Node::take_body`] instead of
+    /// copied; the node gets the previous one's memory back in exchange.
+    lent: Vec<u8>,
     /// Replies arriving in pieces ([`Output::ReplyPart`]), joined for their waiters; bounded
     /// by the connection's `max_sequence_size` (more than announced closes the connection).
     parts: BTreeMap<RequestId, (Header, Vec<u8>)>,
@@ -236,6 +241,7 @@ impl Default for Dispatch {
             listeners: Vec::new(),
             peers: BTreeMap::new(),
             scratch: Vec::new(),
+            lent: Vec::new(),
             parts: BTreeMap::new(),
         }
     }
@@ -330,16 +336,32 @@ impl Dispatch {
                     message,
                     handles,
                 } => {
-                    // Copy the body once into a reused buffer, so services can use the node
-                    // to reply while they look at it.
+                    // Services may use the node to reply while they look at the body, so it
+                    // leaves the node first: small bodies are copied into a reused buffer,
+                    // reassembled ones (the only ones this long) traded without a copy.
                     let header = message.header;
+                    let lend = message.body.len() >= MAX_FRAME_LEN;
                     let mut body = std::mem::take(&mut self.scratch);
-                    body.clear();
-                    body.extend_from_slice(message.body);
+                    let mut lent = std::mem::take(&mut self.lent);
+                    let len = if lend {
+                        match node.take_body(id, &mut lent) {
+                            Some(n) => n,
+                            // Cannot happen: only a sequence makes a body this long, and the
+                            // node's heap storage always lends it.
+                            None => {
+                                (self.scratch, self.lent) = (body, lent);
+                                continue;
+                            }
+                        }
+                    } else {
+                        body.clear();
+                        body.extend_from_slice(message.body);
+                        body.len()
+                    };
                     let request = Request {
                         connection: id,
                         peer: self.peers.get(&id).copied(),
-                        message: Message::new(header, &body),
+                        message: Message::new(header, if lend { &lent[..len] } else { &body }),
                     };
                     if handles.is_empty() {
                         if let Some(s) = &self.unclaimed {
@@ -352,6 +374,7 @@ impl Dispatch {
                         }
                     }
                     self.scratch = body;
+                    self.lent = lent;
                 }
                 Output::Reply {
                     request, message, ..
@@ -516,5 +539,61 @@ mod tests {
         assert_eq!(node.poll_transmit(id).map(<[u8]>::len), Some(20));
         node.consume_transmit(id, 20);
         assert_eq!(node.connection(id).unwrap().queued_bytes(), 0);
+    }
+
+    #[test]
+    fn long_bodies_reach_services_intact_and_replies_carry_them() {
+        use flowee_proto::Connection;
+        use flowee_proto::frame::FrameEncoder;
+        let mut node: Node = Node::new(Instant::ZERO, NodeConfig::default());
+        let mut d = Dispatch::default();
+        let h = node.open_handle(Scope::Node).unwrap();
+        node.subscribe(h, 3, None).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        d.set_sink(
+            h,
+            Some(Arc::new(
+                move |req: &Request<'_>, out: &mut Responder<'_>| {
+                    s2.lock().unwrap().push(req.message.body.to_vec());
+                    let _ = out.reply(Message::new(
+                        reply_header(&req.message.header),
+                        req.message.body,
+                    ));
+                },
+            )),
+        );
+        let id = node
+            .accept(Instant::ZERO, "10.0.0.1:5000".parse().unwrap())
+            .unwrap();
+        // Long bodies (reassembled, so lent) and short ones (copied), in turn.
+        let bodies: Vec<Vec<u8>> = [20_000, 5, 30_000, 9_000, 20_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|b| (b * (i + 1)) as u8).collect())
+            .collect();
+        let mut client: Connection = Connection::connecting(Instant::ZERO, Default::default());
+        client.handle_connected(Instant::ZERO);
+        let mut replies = Vec::new();
+        for body in &bodies {
+            let mut wire = Vec::new();
+            FrameEncoder::new()
+                .encode(&Header::new(3, 1), body, &mut wire)
+                .unwrap();
+            node.handle_input(Instant::ZERO, id, &wire).unwrap();
+            d.pump(&mut node, Instant::ZERO, &mut Actions::default());
+            while let Some(data) = node.poll_transmit(id) {
+                let n = data.len();
+                client.handle_input(Instant::ZERO, data);
+                node.consume_transmit(id, n);
+            }
+            while let Some(event) = client.poll_event() {
+                if let Event::Message(m) = event {
+                    replies.push(m.body.to_vec());
+                }
+            }
+        }
+        assert_eq!(*seen.lock().unwrap(), bodies);
+        assert_eq!(replies, bodies);
     }
 }

@@ -388,6 +388,22 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         }
     }
 
+    /// Hands the body of the message just delivered to `out` without a copy, if it was
+    /// reassembled and the storage can trade its memory; returns its length (the body is
+    /// `out[..len]`) and releases the delivery.
+    #[cfg(feature = "alloc")]
+    pub(crate) fn take_reassembled(&mut self, out: &mut alloc::vec::Vec<u8>) -> Option<usize> {
+        if !matches!(self.release, Release::Reassembled(_)) {
+            return None;
+        }
+        let len = self.seq.len;
+        if !self.seq.buf.swap_vec(out) {
+            return None;
+        }
+        self.release_delivery();
+        Some(len)
+    }
+
     /// Whether frames parsed ahead of delivery are kept (parsing more can wait).
     pub(crate) fn has_kept_parse(&self) -> bool {
         !self.heads.is_empty()

@@ -885,6 +885,20 @@ impl<S: Storage> Connection<S> {
         self.poll_prepared_event()
     }
 
+    /// Moves the body of the [`Event::Message`] just polled into `out` without copying it, if
+    /// it was reassembled from a sequence: `out` then holds the body in `out[..len]` (past
+    /// that, spare bytes), and the connection keeps `out`'s old allocation for the next
+    /// sequence, so handing two buffers back and forth allocates nothing. `None`, with `out`
+    /// untouched, for a message from a single frame (copy its body instead: it is at most one
+    /// frame), for any other event, or for fixed storage.
+    ///
+    /// This lets the application keep a large body while it calls the connection again (to
+    /// reply, say), which the borrow of the event forbids.
+    #[cfg(feature = "alloc")]
+    pub fn take_body(&mut self, out: &mut alloc::vec::Vec<u8>) -> Option<usize> {
+        self.inbox.take_reassembled(out)
+    }
+
     /// [`Connection::poll_event`] right after [`Connection::next_event_borrows`], which did
     /// its preparation already.
     pub(crate) fn poll_prepared_event(&mut self) -> Option<Event<'_>> {

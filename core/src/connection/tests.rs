@@ -827,6 +827,39 @@ fn one_poll_may_be_consumed_in_pieces() {
 }
 
 #[test]
+fn reassembled_bodies_are_lent_without_a_copy() {
+    let (mut c, mut s) = pair(Config::default());
+    let mut lent = Vec::new();
+    // A single frame's body stays where it is (copying it is cheap).
+    c.send(t(0), msg(1, 1, b"small"), Priority::Normal).unwrap();
+    s.handle_input(t(0), &take_tx(&mut c));
+    assert!(matches!(s.poll_event(), Some(Event::Message(_))));
+    assert_eq!(s.take_body(&mut lent), None);
+    assert!(lent.is_empty());
+    let mut at = Vec::new();
+    for round in 0..3 {
+        let b = body(20_000 + round);
+        c.send(t(0), msg(1, 2, &b), Priority::Normal).unwrap();
+        s.handle_input(t(0), &take_tx(&mut c));
+        let Some(Event::Message(m)) = s.poll_event() else {
+            panic!("no message");
+        };
+        at.push(m.body.as_ptr());
+        let n = s.take_body(&mut lent).unwrap();
+        assert_eq!(&lent[..n], &b[..]);
+        assert_eq!(lent.as_ptr(), at[round], "moved, not copied");
+        // Taken once only.
+        assert_eq!(s.take_body(&mut Vec::new()), None);
+    }
+    // Two buffers trade places, so lending allocates nothing after the first two.
+    assert_eq!(at[2], at[0]);
+    // A ping is no message.
+    s.handle_input(t(1), &PING_FRAME);
+    let _ = drain(&mut s);
+    assert_eq!(s.take_body(&mut lent), None);
+}
+
+#[test]
 fn fixed_storage_without_reassembly_takes_sequences_in_chunks() {
     let mut s: Connection<Fixed> = Connection::accepted(t(0), Config::default());
     let mut wire = Vec::new();
@@ -870,17 +903,28 @@ fn any_chunking_and_polling_gives_the_same_events() {
     fn events(config: Config, wire: &[u8], cuts: &[usize], polls: &[u8]) -> Vec<Ev> {
         let (_, mut s) = pair(config);
         let mut seen = Vec::new();
+        let mut lent = Vec::new();
         let mut rest = wire;
         let mut i = 0;
         while !rest.is_empty() {
             let cut = cuts.get(i).map_or(rest.len(), |c| 1 + c % rest.len());
             let taken = s.handle_input(t(1), &rest[..cut]);
             rest = &rest[taken..];
-            match polls.get(i).copied().unwrap_or(0) % 4 {
-                // Not at all (unless the buffer is full), one event, all of them, or a timeout.
+            match polls.get(i).copied().unwrap_or(0) % 5 {
+                // Not at all (unless the buffer is full), one event, all of them, a timeout,
+                // or one event whose body is taken (lent where it was reassembled).
                 0 if taken > 0 => {}
                 1 if taken > 0 => seen.extend(s.poll_event().map(owned)),
                 3 if taken > 0 => s.handle_timeout(t(1)),
+                4 if taken > 0 => {
+                    let event = s.poll_event().map(owned);
+                    seen.extend(match (event, s.take_body(&mut lent)) {
+                        (Some(Ev::Message(header, _)), Some(n)) => {
+                            Some(Ev::Message(header, lent[..n].to_vec()))
+                        }
+                        (event, _) => event,
+                    });
+                }
                 _ => seen.extend(drain(&mut s)),
             }
             i += 1;

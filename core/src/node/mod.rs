@@ -1402,6 +1402,18 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// Moves the body of the [`Output::Message`] or [`Output::Reply`] just polled from `id`
+    /// into `out` without copying, if it was reassembled from a sequence; see
+    /// [`Connection::take_body`]. The way to keep a large body while replying through the
+    /// node.
+    #[cfg(feature = "alloc")]
+    pub fn take_body(&mut self, id: ConnId, out: &mut alloc::vec::Vec<u8>) -> Option<usize> {
+        match &mut self.slot_mut(id).ok()?.state {
+            State::Live(conn) => conn.take_body(out),
+            _ => None,
+        }
+    }
+
     /// The peer address of `id`.
     pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
         self.slot(id).ok().map(|s| s.peer)
