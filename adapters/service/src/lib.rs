@@ -504,31 +504,39 @@ mod tests {
         assert_eq!(seen[1], NodeEvent::Removed { id, unsent: (0, 0) });
     }
 
-    #[test]
-    fn services_see_what_waits_for_their_peer() {
+    /// A node with one accepted connection and `service` subscribed to service 3.
+    fn node_with_service(
+        service: impl Fn(&Request<'_>, &mut Responder<'_>) + Send + Sync + 'static,
+    ) -> (Node, Dispatch, ConnId) {
         let mut node: Node = Node::new(Instant::ZERO, NodeConfig::default());
         let mut d = Dispatch::default();
         let h = node.open_handle(Scope::Node).unwrap();
         node.subscribe(h, 3, None).unwrap();
-        // Before and after each reply of two: what the service saw waiting.
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        d.set_sink(
-            h,
-            Some(Arc::new(
-                move |req: &Request<'_>, out: &mut Responder<'_>| {
-                    let before = out.queued();
-                    let _ = out.reply(Message::new(
-                        reply_header(&req.message.header),
-                        req.message.body,
-                    ));
-                    s2.lock().unwrap().push((before, out.queued()));
-                },
-            )),
-        );
+        d.set_sink(h, Some(Arc::new(service)));
         let id = node
             .accept(Instant::ZERO, "10.0.0.1:5000".parse().unwrap())
             .unwrap();
+        (node, d, id)
+    }
+
+    /// Replies with the request's body.
+    fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
+        let _ = out.reply(Message::new(
+            reply_header(&req.message.header),
+            req.message.body,
+        ));
+    }
+
+    #[test]
+    fn services_see_what_waits_for_their_peer() {
+        // Before and after each reply of two: what the service saw waiting.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let (mut node, mut d, id) = node_with_service(move |req, out| {
+            let before = out.queued();
+            echo(req, out);
+            s2.lock().unwrap().push((before, out.queued()));
+        });
         // Two messages (service 3, message 2, body 0xAA); the replies are 10 bytes each.
         let frame = [0x0A, 0x00, 0x08, 0x03, 0x10, 0x02, 0x58, 0x07, 0x04, 0xAA];
         node.handle_input(Instant::ZERO, id, &[frame, frame].concat())
@@ -545,27 +553,12 @@ mod tests {
     fn long_bodies_reach_services_intact_and_replies_carry_them() {
         use flowee_proto::Connection;
         use flowee_proto::frame::FrameEncoder;
-        let mut node: Node = Node::new(Instant::ZERO, NodeConfig::default());
-        let mut d = Dispatch::default();
-        let h = node.open_handle(Scope::Node).unwrap();
-        node.subscribe(h, 3, None).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        d.set_sink(
-            h,
-            Some(Arc::new(
-                move |req: &Request<'_>, out: &mut Responder<'_>| {
-                    s2.lock().unwrap().push(req.message.body.to_vec());
-                    let _ = out.reply(Message::new(
-                        reply_header(&req.message.header),
-                        req.message.body,
-                    ));
-                },
-            )),
-        );
-        let id = node
-            .accept(Instant::ZERO, "10.0.0.1:5000".parse().unwrap())
-            .unwrap();
+        let (mut node, mut d, id) = node_with_service(move |req, out| {
+            s2.lock().unwrap().push(req.message.body.to_vec());
+            echo(req, out);
+        });
         // Long bodies (reassembled, so lent) and short ones (copied), in turn.
         let bodies: Vec<Vec<u8>> = [20_000, 5, 30_000, 9_000, 20_000]
             .iter()
