@@ -14,7 +14,7 @@ use crate::frame::{self, FrameDecoder, FrameEncoder, MAX_FRAME_LEN};
 use crate::header::{FrameKind, Header};
 use crate::node::{BanRecord, ConnId, HandleId, Node, NodeConfig, Output, Scope};
 use crate::sequence::Reassembler;
-use crate::storage::{Fixed, Heap, Storage};
+use crate::storage::{ByteStore, Fixed, Heap, Storage};
 use crate::time::Instant;
 use alloc::vec::Vec;
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -271,14 +271,47 @@ fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Conf
         Connection::accepted(now, config)
     };
     let mut closed_events = 0;
+    let rx_bound = S::rx(config.receive_buffer.get().max(MAX_FRAME_LEN)).max_capacity();
     while !s.is_empty() {
         match s.byte() % 15 {
             0 => c.handle_connected(now),
-            1 | 2 => {
+            1 => {
                 let n = usize::from(s.u16() % 2048);
                 let mut input = s.bytes(n);
                 for _ in 0..64 {
                     let taken = c.handle_input(now, input);
+                    input = &input[taken..];
+                    if input.is_empty() {
+                        break;
+                    }
+                    closed_events += drain_events(&mut c);
+                }
+            }
+            2 => {
+                // The same bytes written in place, in pieces no longer than each room; a
+                // count past the room, or a room dropped without a commit.
+                let n = usize::from(s.u16() % 2048);
+                let how = s.byte();
+                let mut input = s.bytes(n);
+                for _ in 0..64 {
+                    let mut room = c.input_room(now);
+                    let len = room.buf().len();
+                    assert!(len <= rx_bound, "room of {len} past the bound {rx_bound}");
+                    let k = input.len().min(len);
+                    room.buf()[..k].copy_from_slice(&input[..k]);
+                    let taken = match how % 4 {
+                        // The rest of the room holds whatever it held: bytes all the same.
+                        0 if k < len => {
+                            assert_eq!(room.commit(usize::MAX), len);
+                            k
+                        }
+                        // Not committed: nothing is taken.
+                        1 if k > 0 => 0,
+                        _ => {
+                            assert_eq!(room.commit(k), k);
+                            k
+                        }
+                    };
                     input = &input[taken..];
                     if input.is_empty() {
                         break;
@@ -441,10 +474,22 @@ pub fn node(data: &[u8]) {
                     ids.push(id);
                 }
             }
-            2 | 3 => {
+            2 => {
                 if let Some(id) = id {
                     let n = usize::from(s.u16() % 1024);
                     let _ = node.handle_input(now, id, s.bytes(n));
+                }
+            }
+            3 => {
+                // Written in place, as much as the room holds.
+                if let Some(id) = id {
+                    let n = usize::from(s.u16() % 1024);
+                    let input = s.bytes(n);
+                    if let Ok(mut room) = node.input_room(now, id) {
+                        let k = input.len().min(room.buf().len());
+                        room.buf()[..k].copy_from_slice(&input[..k]);
+                        assert_eq!(room.commit(k), k);
+                    }
                 }
             }
             4 => {

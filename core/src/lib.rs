@@ -102,7 +102,8 @@ pub mod time;
 #[cfg(feature = "alloc")]
 pub use connection::OwnedMessage;
 pub use connection::{
-    CloseReason, Config, Connection, Event, Message, Misbehaviour, Priority, Role, SendError,
+    CloseReason, Config, Connection, Event, InputRoom, Message, Misbehaviour, Priority, Role,
+    SendError,
 };
 pub use header::Header;
 pub use node::{ConnId, Node, NodeConfig, Output};

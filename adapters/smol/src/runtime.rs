@@ -12,7 +12,6 @@ use flowee_service::{Actions, Dispatch, Request, Responder, Service};
 use smol::Async;
 use smol::channel::{Receiver, Sender, TrySendError};
 use smol::future::FutureExt;
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,8 +24,7 @@ use std::time::Duration;
 const READ_BUDGET: usize = 1 << 20;
 /// Writes per wake-up at most.
 const WRITE_BUDGET: usize = 64;
-/// The read buffer every task of a thread shares (reads never wait while holding it); the
-/// size of a connection's default receive buffer, so the node takes a whole read.
+/// The most one read takes: a connection's default receive buffer.
 const READ_BUF: usize = 64 * 1024;
 /// What one read brings is handled and answered before the next read. While reads bring
 /// answers to write, they are this small: the peer gets answers while later requests are still
@@ -41,10 +39,6 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 pub(crate) const GRACE: Duration = Duration::from_secs(5);
 /// Unread items a subscription or event stream holds before it counts drops.
 pub(crate) const STREAM_CAPACITY: usize = 4096;
-
-thread_local! {
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
-}
 
 /// A service that copies messages into a channel (a subscription).
 pub(crate) struct ChannelSink {
@@ -72,19 +66,20 @@ struct Flushed {
 
 /// What one read of a socket did.
 enum ReadOutcome {
-    /// `n` bytes (0: nothing was waiting); `more` if they filled the buffer.
+    /// `n` bytes (0: nothing was waiting); `more` if they filled the room.
     Got { n: usize, more: bool },
+    /// Nothing was read: the node takes no input now (backpressure).
+    Full,
     /// EOF or an error: the socket reads no more.
     Closed,
 }
 
-impl ReadOutcome {
-    /// (still open, more likely waiting, bytes read)
-    fn state(&self) -> (bool, bool, usize) {
-        match *self {
-            ReadOutcome::Got { n, more } => (true, more, n),
-            ReadOutcome::Closed => (false, false, 0),
-        }
+/// (still open, more likely waiting, held back, bytes read)
+fn read_state(outcome: ReadOutcome) -> (bool, bool, bool, usize) {
+    match outcome {
+        ReadOutcome::Got { n, more } => (true, more, false, n),
+        ReadOutcome::Full => (true, false, true, 0),
+        ReadOutcome::Closed => (false, false, false, 0),
     }
 }
 
@@ -464,61 +459,45 @@ impl Runtime {
         Ok(flushed)
     }
 
-    /// Reads once from the socket into the node, at most `limit` bytes (bytes the node could
-    /// not take yet stay in `held`).
-    fn read(
-        &self,
-        id: ConnId,
-        stream: &Async<TcpStream>,
-        held: &mut Vec<u8>,
-        limit: usize,
-    ) -> ReadOutcome {
-        READ_BUFFER.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let buf = &mut buf[..limit.min(READ_BUF)];
-            loop {
-                return match stream.get_ref().read(buf) {
-                    Ok(0) => ReadOutcome::Closed,
-                    Ok(n) => {
-                        let taken = self.input(id, &buf[..n]);
-                        // Backpressure: keep what the node did not take.
-                        held.extend_from_slice(&buf[taken..n]);
-                        // A short read most likely drained the socket: skip the read that
-                        // would say so.
-                        ReadOutcome::Got {
-                            n,
-                            more: n == buf.len(),
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        ReadOutcome::Got { n: 0, more: false }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => ReadOutcome::Closed,
-                };
-            }
-        })
-    }
-
-    fn input(&self, id: ConnId, data: &[u8]) -> usize {
+    /// Reads once from the socket straight into the node's receive buffer for `id`, at most
+    /// `limit` bytes. The lock is held for the read, which never waits (the socket is
+    /// non-blocking), in place of the copy a separate read buffer would cost.
+    fn read(&self, id: ConnId, stream: &Async<TcpStream>, limit: usize) -> ReadOutcome {
         let now = self.now();
-        self.lock()
-            .node
-            .handle_input(now, id, data)
-            .unwrap_or(data.len())
+        let mut inner = self.lock();
+        let Ok(mut room) = inner.node.input_room(now, id) else {
+            return ReadOutcome::Closed;
+        };
+        let buf = room.buf();
+        let len = buf.len().min(limit);
+        if len == 0 {
+            return ReadOutcome::Full;
+        }
+        let n = loop {
+            match stream.get_ref().read(&mut buf[..len]) {
+                Ok(0) => return ReadOutcome::Closed,
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return ReadOutcome::Got { n: 0, more: false };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ReadOutcome::Closed,
+            }
+        };
+        room.commit(n);
+        // A short read most likely drained the socket: skip the read that would say so.
+        ReadOutcome::Got { n, more: n == len }
     }
 
-    /// Offers bytes held back by backpressure again; true when they are all taken.
-    fn offer_held(self: &Arc<Self>, id: ConnId, held: &mut Vec<u8>) -> bool {
-        for _ in 0..8 {
-            if held.is_empty() {
-                return true;
-            }
-            let taken = self.input(id, held);
-            held.drain(..taken);
-            self.pump();
+    /// Whether the node takes input for `id` again (after backpressure).
+    fn has_room(&self, id: ConnId) -> bool {
+        let now = self.now();
+        let mut inner = self.lock();
+        match inner.node.input_room(now, id) {
+            Ok(mut room) => !room.buf().is_empty(),
+            // Gone: the next read says so.
+            Err(_) => true,
         }
-        held.is_empty()
     }
 
     async fn run_connection(
@@ -527,7 +506,8 @@ impl Runtime {
         stream: Async<TcpStream>,
         signal: Arc<Signal>,
     ) {
-        let mut held = Vec::new();
+        // The node took no input at the last read (backpressure).
+        let mut held_back = false;
         let mut open = true;
         let mut eof_told = false;
         // The last read filled the buffer: more is likely waiting.
@@ -540,11 +520,14 @@ impl Runtime {
         let mut full = false;
         loop {
             // EOF goes to the node only after every byte before it.
-            if !open && held.is_empty() && !eof_told {
+            if !open && !eof_told {
                 eof_told = true;
                 self.eof(id);
             }
-            let held_back = !self.offer_held(id, &mut held);
+            if held_back {
+                self.pump();
+                held_back = !self.has_room(id);
+            }
             // Listen before looking, so a wake-up in between is not lost.
             event_listener::listener!(signal.event => listener);
             let (blocked, more) = match self.pump_and_flush(id, &stream, full) {
@@ -572,18 +555,18 @@ impl Runtime {
                 // The write budget ran out with more to write: read what came meanwhile and
                 // let the other tasks run before writing on, so a peer that reads as fast as
                 // it is written to is still heard.
-                if open && held.is_empty() {
-                    (open, unread, _) = self.read(id, &stream, &mut held, limit).state();
+                if open && !held_back {
+                    (open, unread, held_back, _) = read_state(self.read(id, &stream, limit));
                 }
                 burst = 0;
                 smol::future::yield_now().await;
                 continue;
             }
-            if unread && open && held.is_empty() {
+            if unread && open && !held_back {
                 // The answers to the last read are written (or the socket is full); read on
                 // without waiting.
                 let got;
-                (open, unread, got) = self.read(id, &stream, &mut held, limit).state();
+                (open, unread, held_back, got) = read_state(self.read(id, &stream, limit));
                 burst += got;
                 if burst >= READ_BUDGET {
                     burst = 0;
@@ -613,8 +596,8 @@ impl Runtime {
             // Writable first: when a wake-up reports both, `full` is cleared (the read below
             // happens anyway).
             writable.or(readable).or(listener).await;
-            if open && held.is_empty() {
-                (open, unread, _) = self.read(id, &stream, &mut held, limit).state();
+            if open && !held_back {
+                (open, unread, held_back, _) = read_state(self.read(id, &stream, limit));
             }
         }
         drop(stream);

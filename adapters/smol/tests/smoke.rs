@@ -75,3 +75,40 @@ fn chunked_reply_comes_back_whole() {
         server.shutdown().await;
     });
 }
+
+/// Sockets read straight into the node's receive buffer: with the smallest buffer on both
+/// ends (one maximum frame), every read is cut to the room left by a partial frame, and a
+/// whole window of small messages and sequences still comes back whole and in order.
+#[test]
+fn the_smallest_receive_buffers_still_carry_everything() {
+    smol::block_on(async {
+        let mut config = NodeConfig::default();
+        config.connection.receive_buffer = std::num::NonZeroUsize::new(9000).unwrap();
+        let server = Server::bind("127.0.0.1:0", config.clone()).await.unwrap();
+        server.handle(3, None, echo).unwrap();
+        let client = Client::connect(server.local_addr(), config).await.unwrap();
+        let mut replies = client.subscribe(3).unwrap();
+        let bodies: Vec<Vec<u8>> = (0..400usize)
+            .map(|i| {
+                let len = if i % 10 == 0 { 30_000 + i } else { 1 + i * 13 };
+                (0..len).map(|b| (b * 31 + i) as u8).collect()
+            })
+            .collect();
+        for (i, body) in bodies.iter().enumerate() {
+            client
+                .send(
+                    Message::new(Header::new(3, i as i32), body),
+                    Priority::Normal,
+                )
+                .unwrap();
+            client.drain_to(256 * 1024).await;
+        }
+        for (i, body) in bodies.iter().enumerate() {
+            let m = replies.next().await.unwrap();
+            assert_eq!(m.header.message_id, Some(i as i32));
+            assert!(m.body == *body, "reply {i}: {} bytes", m.body.len());
+        }
+        client.close().await;
+        server.shutdown().await;
+    });
+}

@@ -59,6 +59,8 @@ pub(crate) struct Inbox<R, A> {
     /// Frames parsed ahead of delivery, consecutive from `start`, so that each frame is
     /// parsed once: delivery takes its parse from here.
     heads: Heads,
+    /// The last room lent for input was filled: the next one is larger.
+    room_filled: bool,
 }
 
 /// How many parsed frames [`Inbox`] keeps for delivery. Input is parsed ahead only this far
@@ -240,6 +242,7 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             parsed_count: 0,
             released_count: 0,
             heads: Heads::new(),
+            room_filled: false,
         }
     }
 
@@ -255,11 +258,20 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
 
     /// Copies as much of `data` as fits; returns how much.
     pub(crate) fn push(&mut self, data: &[u8]) -> usize {
-        if self.failed || self.input_closed || data.is_empty() {
+        let n = self.make_room(data.len());
+        self.room()[..n].copy_from_slice(&data[..n]);
+        self.end += n;
+        n
+    }
+
+    /// Makes the free room after the received bytes contiguous and at least `want` bytes
+    /// long where the bound allows (moving unread bytes to the front, then growing the
+    /// buffer); returns how much of `want` fits.
+    fn make_room(&mut self, want: usize) -> usize {
+        if self.failed || self.input_closed || want == 0 {
             return 0;
         }
-        let room = self.rx.max_capacity() - (self.end - self.start);
-        let n = data.len().min(room);
+        let n = want.min(self.rx.max_capacity() - (self.end - self.start));
         if n == 0 {
             return 0;
         }
@@ -274,8 +286,49 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         if !self.rx.reserve(self.end + n) {
             return 0;
         }
-        self.rx.bytes_mut()[self.end..self.end + n].copy_from_slice(&data[..n]);
+        n
+    }
+
+    /// Prepares the room that [`Inbox::room`] lends for input written in place; returns its
+    /// length. The room is what the buffer holds now, with at least half of it free, and
+    /// twice that after a read filled the whole room: a busy connection grows to its bound
+    /// within a few reads while an idle one keeps the smallest buffer.
+    pub(crate) fn prepare_room(&mut self) -> usize {
+        let capacity = self.rx.capacity();
+        let want = if self.room_filled {
+            self.room_filled = false;
+            capacity.saturating_mul(2)
+        } else {
+            capacity / 2
+        };
+        let free = capacity - self.end;
+        // A room is never empty while the bound has space left, so input cannot stall.
+        if self.make_room(want.max(free).max(1)) == 0 {
+            return 0;
+        }
+        self.room().len()
+    }
+
+    /// The free bytes after the received ones (see [`Inbox::prepare_room`]), within the
+    /// bound.
+    pub(crate) fn room(&mut self) -> &mut [u8] {
+        if self.failed || self.input_closed {
+            return &mut [];
+        }
+        let bound = self.rx.max_capacity() - (self.end - self.start);
+        let end = self.end;
+        let room = &mut self.rx.bytes_mut()[end..];
+        let len = room.len().min(bound);
+        &mut room[..len]
+    }
+
+    /// Counts `n` bytes written at the start of [`Inbox::room`] as received (at most the
+    /// room's length); returns how many.
+    pub(crate) fn commit(&mut self, n: usize) -> usize {
+        let room = self.room().len();
+        let n = n.min(room);
         self.end += n;
+        self.room_filled = n == room && n > 0;
         n
     }
 

@@ -1,6 +1,7 @@
 //! One TCP stream speaking the protocol, as a state machine with no I/O.
 //!
-//! Feed it what happens ([`Connection::handle_input`], [`Connection::handle_eof`],
+//! Feed it what happens ([`Connection::handle_input`] or [`Connection::input_room`],
+//! [`Connection::handle_eof`],
 //! [`Connection::handle_timeout`], [`Connection::handle_connected`]), tell it what the
 //! application wants ([`Connection::send`], [`Connection::close`], [`Connection::punish`]), and
 //! do what it asks ([`Connection::poll_transmit`], [`Connection::poll_timeout`],
@@ -21,6 +22,28 @@ pub use event::{CloseReason, Event, Misbehaviour, ProtocolError, Stats};
 pub use queue::{EncodedMessage, OwnedMessage};
 pub use queue::{Message, Priority, QueueEntry, SendError};
 pub use timer::Timer;
+
+/// Free room of a connection's receive buffer, lent by [`Connection::input_room`] so input
+/// can be written in place (saving [`Connection::handle_input`]'s copy). It borrows the
+/// connection until [`InputRoom::commit`]; dropping it takes nothing.
+#[derive(Debug)]
+pub struct InputRoom<'a, S: Storage = DefaultStorage> {
+    conn: &'a mut Connection<S>,
+    len: usize,
+}
+
+impl<S: Storage> InputRoom<'_, S> {
+    /// The room to write into: empty when nothing can be taken now.
+    pub fn buf(&mut self) -> &mut [u8] {
+        self.conn.input_room_buf(self.len)
+    }
+
+    /// Takes the first `n` bytes of the room as input (at most its length) and parses them;
+    /// returns how many were taken.
+    pub fn commit(self, n: usize) -> usize {
+        self.conn.commit_input(self.len, n)
+    }
+}
 
 use crate::frame::{FrameEncoder, MAX_FRAME_LEN, PING_FRAME, PONG_FRAME};
 use crate::score::Score;
@@ -429,6 +452,68 @@ impl<S: Storage> Connection<S> {
             self.held_back_input = true;
         }
         taken
+    }
+
+    /// Input without a copy: lends the free room of the receive buffer, so a socket can read
+    /// straight into it; [`InputRoom::commit`] then takes the bytes written as
+    /// [`Connection::handle_input`] would. An empty room means the buffer is full of data the
+    /// application has not polled yet (backpressure: poll events, then ask again) or the
+    /// connection no longer reads. The room is at least half the buffer, and after a read
+    /// that filled it the buffer doubles (within [`Config::receive_buffer`]), so a busy
+    /// connection soon reads in large pieces while an idle one keeps a small buffer.
+    ///
+    /// ```
+    /// # use flowee_proto::{frame::PING_FRAME, Connection, Config, Instant};
+    /// let mut conn: Connection = Connection::accepted(Instant::ZERO, Config::default());
+    /// let mut room = conn.input_room(Instant::ZERO);
+    /// let n = PING_FRAME.len();
+    /// room.buf()[..n].copy_from_slice(&PING_FRAME); // a socket's `read` in real use
+    /// assert_eq!(room.commit(n), n);
+    /// assert!(conn.poll_transmit().is_some()); // the pong
+    /// ```
+    pub fn input_room(&mut self, now: Instant) -> InputRoom<'_, S> {
+        let len = self.prepare_input_room(now);
+        InputRoom { conn: self, len }
+    }
+
+    /// Prepares [`Connection::input_room`]; returns its length.
+    pub(crate) fn prepare_input_room(&mut self, now: Instant) -> usize {
+        self.update_clock(now);
+        if self.is_closed() {
+            return 0;
+        }
+        // The last event's borrow has ended, as in `handle_input`.
+        self.inbox.release();
+        let len = self.inbox.prepare_room();
+        if len == 0 {
+            self.held_back_input = true;
+        }
+        len
+    }
+
+    /// The room [`Connection::prepare_input_room`] prepared, `len` bytes.
+    pub(crate) fn input_room_buf(&mut self, len: usize) -> &mut [u8] {
+        let room = self.inbox.room();
+        let len = len.min(room.len());
+        &mut room[..len]
+    }
+
+    /// Takes `n` bytes written into the prepared room (at most `len`, its length).
+    pub(crate) fn commit_input(&mut self, len: usize, n: usize) -> usize {
+        let n = n.min(len);
+        if n == 0 {
+            return 0;
+        }
+        let now = self.now;
+        if self.state == State::Connecting {
+            // Data can only come over an established TCP connection.
+            self.handle_connected(now);
+        }
+        let n = self.inbox.commit(n);
+        self.last_busy = now;
+        self.stats.bytes_in += n as u64;
+        self.process_input(now, false);
+        n
     }
 
     /// Parses complete frames and applies what they mean: all of them if `all`, else only as

@@ -508,6 +508,124 @@ fn backpressure_when_events_are_not_polled() {
     }
 }
 
+/// Writes as much of `data` as `c`'s input room holds, as a socket read would; returns how
+/// much was taken.
+fn write_in_place<S: Storage>(now: Instant, c: &mut Connection<S>, data: &[u8]) -> usize {
+    let mut room = c.input_room(now);
+    let n = data.len().min(room.buf().len());
+    room.buf()[..n].copy_from_slice(&data[..n]);
+    room.commit(n)
+}
+
+#[test]
+fn input_written_in_place_is_taken_like_handle_input() {
+    let config = Config {
+        receive_buffer: core::num::NonZeroUsize::new(9000).unwrap(),
+        ..Config::default()
+    };
+    let (mut c, mut s) = pair(config);
+    for i in 0..200 {
+        c.send(t(0), msg(1, i, &[7; 100]), Priority::Normal)
+            .unwrap();
+    }
+    let wire = take_tx(&mut c);
+    let mut rest = &wire[..];
+    let mut events = Vec::new();
+    let mut empty_rooms = 0;
+    while !rest.is_empty() {
+        let n = write_in_place(t(0), &mut s, rest);
+        rest = &rest[n..];
+        if n == 0 {
+            // Backpressure: the buffer is full of events not polled yet.
+            empty_rooms += 1;
+            assert!(s.input_room(t(0)).buf().is_empty());
+            events.extend(drain(&mut s));
+            assert!(!s.input_room(t(0)).buf().is_empty());
+        }
+    }
+    events.extend(drain(&mut s));
+    assert!(
+        empty_rooms > 0,
+        "9000 bytes cannot hold {} bytes",
+        wire.len()
+    );
+    assert_eq!(events.len(), 200);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e, &Ev::Message(Header::new(1, i as i32), vec![7; 100]));
+    }
+    assert_eq!(s.stats().bytes_in, wire.len() as u64);
+}
+
+#[test]
+fn input_rooms_grow_with_the_traffic_and_stay_small_when_idle() {
+    let (mut c, mut s) = pair(Config::default());
+    let bound = Config::default().receive_buffer.get();
+    // A ping at a time: the smallest buffer, however often.
+    for i in 0..10 {
+        assert_eq!(write_in_place(t(i), &mut s, &PING_FRAME), PING_FRAME.len());
+        assert!(s.input_room(t(i)).buf().len() <= 512);
+        take_tx(&mut s);
+    }
+    // Reads that fill the room double it, up to the bound and never past it.
+    let mut wire = Vec::new();
+    for round in 0..5 {
+        for i in 0..2000 {
+            c.send(t(10), msg(1, round * 2000 + i, &[1; 100]), Priority::Normal)
+                .unwrap();
+        }
+        wire.extend(take_tx(&mut c));
+    }
+    let mut rest = &wire[..];
+    let mut sizes = Vec::new();
+    let mut events = Vec::new();
+    while !rest.is_empty() {
+        sizes.push(s.input_room(t(10)).buf().len());
+        let n = write_in_place(t(10), &mut s, rest);
+        rest = &rest[n..];
+        events.extend(drain(&mut s));
+    }
+    assert_eq!(events.len(), 10_000);
+    assert!(sizes.iter().all(|&n| n > 0 && n <= bound), "{sizes:?}");
+    assert!(
+        sizes.windows(2).take(6).all(|w| w[1] >= 2 * w[0] - 200),
+        "{sizes:?}"
+    );
+    assert!(
+        sizes.iter().filter(|&&n| n > bound / 2).count() > sizes.len() / 2,
+        "{sizes:?}"
+    );
+}
+
+#[test]
+fn input_rooms_take_only_what_was_committed() {
+    let (mut c, mut s) = pair(Config::default());
+    c.send(t(0), msg(1, 1, b"abc"), Priority::Normal).unwrap();
+    let wire = take_tx(&mut c);
+    // A room left without a commit takes nothing.
+    s.input_room(t(0)).buf()[..wire.len()].copy_from_slice(&wire);
+    assert_eq!(s.stats().bytes_in, 0);
+    assert_eq!(drain(&mut s), vec![]);
+    // A count past the room is cut to it.
+    let mut room = s.input_room(t(0));
+    let len = room.buf().len();
+    room.buf()[..wire.len()].copy_from_slice(&wire);
+    room.buf()[wire.len()..].fill(0);
+    assert_eq!(room.commit(usize::MAX), len);
+    assert_eq!(
+        drain(&mut s)[0],
+        Ev::Message(Header::new(1, 1), b"abc".to_vec())
+    );
+    // The connecting side is connected by its first bytes, as with `handle_input`.
+    let mut client: Connection<Heap> = Connection::connecting(t(0), Config::default());
+    let pong = [PONG_FRAME.as_slice()].concat();
+    assert_eq!(write_in_place(t(0), &mut client, &pong), pong.len());
+    assert_eq!(drain(&mut client).first(), Some(&Ev::Connected));
+    // A closed connection takes no more input.
+    s.close(t(0));
+    drain(&mut s);
+    assert!(s.input_room(t(0)).buf().is_empty());
+}
+
 #[test]
 fn close_reports_once_and_keeps_the_queue() {
     let (mut c, _) = pair(Config::default());
@@ -749,9 +867,11 @@ fn no_silence_points_when_our_application_held_the_input_back() {
     }
     let mut wire = take_tx(&mut c);
     wire.extend_from_slice(&PING_FRAME);
-    // The application never polls: the ping stays in the bytes not taken.
+    // The application never polls: the ping stays in the bytes not taken (offered, or left
+    // in the socket for want of room).
     let taken = s.handle_input(t(1), &wire);
     assert!(taken < wire.len());
+    assert!(s.input_room(t(1)).buf().is_empty());
     s.handle_timeout(t(150));
     let events = drain(&mut s);
     assert_eq!(events.last(), Some(&Ev::Closed(CloseReason::PingTimeout)));
@@ -900,7 +1020,7 @@ fn the_release_timer_waits_for_a_full_idle_period() {
 fn any_chunking_and_polling_gives_the_same_events() {
     use quickcheck::{QuickCheck, TestResult};
 
-    fn events(config: Config, wire: &[u8], cuts: &[usize], polls: &[u8]) -> Vec<Ev> {
+    fn events(config: Config, wire: &[u8], cuts: &[usize], polls: &[u8], rooms: bool) -> Vec<Ev> {
         let (_, mut s) = pair(config);
         let mut seen = Vec::new();
         let mut lent = Vec::new();
@@ -908,7 +1028,15 @@ fn any_chunking_and_polling_gives_the_same_events() {
         let mut i = 0;
         while !rest.is_empty() {
             let cut = cuts.get(i).map_or(rest.len(), |c| 1 + c % rest.len());
-            let taken = s.handle_input(t(1), &rest[..cut]);
+            let taken = if rooms {
+                // As a socket would write it: at most the room's length.
+                let mut room = s.input_room(t(1));
+                let n = cut.min(room.buf().len());
+                room.buf()[..n].copy_from_slice(&rest[..n]);
+                room.commit(n)
+            } else {
+                s.handle_input(t(1), &rest[..cut])
+            };
             rest = &rest[taken..];
             match polls.get(i).copied().unwrap_or(0) % 5 {
                 // Not at all (unless the buffer is full), one event, all of them, a timeout,
@@ -939,6 +1067,7 @@ fn any_chunking_and_polling_gives_the_same_events() {
         polls: Vec<u8>,
         chunks: bool,
         tail: u8,
+        rooms: bool,
     ) -> TestResult {
         let config = Config {
             receive_buffer: core::num::NonZeroUsize::new(20_000).unwrap(),
@@ -973,8 +1102,8 @@ fn any_chunking_and_polling_gives_the_same_events() {
             1 => wire.extend_from_slice(&[0x06, 0x00, 0x08, 0x01, 0x10, 0x01]),
             _ => {}
         }
-        let whole = events(config, &wire, &[], &[]);
-        let pieces = events(config, &wire, &cuts, &polls);
+        let whole = events(config, &wire, &[], &[], false);
+        let pieces = events(config, &wire, &cuts, &polls, rooms);
         if whole != pieces {
             return TestResult::error(format!("at once {whole:?}\nin pieces {pieces:?}"));
         }
@@ -982,7 +1111,7 @@ fn any_chunking_and_polling_gives_the_same_events() {
     }
     QuickCheck::new()
         .tests(300)
-        .quickcheck(prop as fn(Vec<(u8, u16)>, Vec<usize>, Vec<u8>, bool, u8) -> TestResult);
+        .quickcheck(prop as fn(Vec<(u8, u16)>, Vec<usize>, Vec<u8>, bool, u8, bool) -> TestResult);
 }
 
 #[test]

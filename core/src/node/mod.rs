@@ -2,8 +2,8 @@
 //! decisions, as one state machine with no I/O.
 //!
 //! The adapter tells the node what happens on its sockets and clock ([`Node::accept`],
-//! [`Node::handle_connected`], [`Node::handle_input`], [`Node::handle_eof`],
-//! [`Node::handle_timeout`]) and does what [`Node::poll_output`] asks: open or close a TCP
+//! [`Node::handle_connected`], [`Node::handle_input`] or [`Node::input_room`],
+//! [`Node::handle_eof`], [`Node::handle_timeout`]) and does what [`Node::poll_output`] asks: open or close a TCP
 //! connection, write a connection's bytes ([`Node::poll_transmit`]), hand an event or message to
 //! the application, persist a ban.
 //!
@@ -94,6 +94,43 @@ use core::net::{IpAddr, SocketAddr};
 use core::num::{NonZeroU32, NonZeroUsize};
 use core::time::Duration;
 use routing::Router;
+
+/// Free room of a connection's receive buffer, lent by [`Node::input_room`] so input can be
+/// written in place (saving [`Node::handle_input`]'s copy). It borrows the node until
+/// [`NodeInputRoom::commit`]; dropping it takes nothing.
+#[derive(Debug)]
+pub struct NodeInputRoom<'a, S: Storage = DefaultStorage> {
+    node: &'a mut Node<S>,
+    index: u32,
+    len: usize,
+}
+
+impl<S: Storage> NodeInputRoom<'_, S> {
+    /// The room to write into: empty when nothing can be taken now.
+    pub fn buf(&mut self) -> &mut [u8] {
+        match self.node.slots.get_mut(self.index as usize) {
+            Some(Slot {
+                state: State::Live(conn),
+                ..
+            }) => conn.input_room_buf(self.len),
+            _ => &mut [],
+        }
+    }
+
+    /// Takes the first `n` bytes of the room as input (at most its length) and parses them;
+    /// returns how many were taken.
+    pub fn commit(self, n: usize) -> usize {
+        let taken = match self.node.slots.get_mut(self.index as usize) {
+            Some(Slot {
+                state: State::Live(conn),
+                ..
+            }) => conn.commit_input(self.len, n),
+            _ => 0,
+        };
+        self.node.touch(self.index);
+        taken
+    }
+}
 
 /// Connection slots without `alloc`.
 const FIXED_CONNECTIONS: usize = 4;
@@ -898,6 +935,27 @@ impl<S: Storage> Node<S> {
         };
         self.touch(id.index);
         Ok(n)
+    }
+
+    /// Input without a copy: lends the free room of `id`'s receive buffer, so its socket can
+    /// read straight into it (see [`Connection::input_room`]). The room is empty when `id`
+    /// takes no input now: poll outputs, then ask again.
+    pub fn input_room(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+    ) -> Result<NodeInputRoom<'_, S>, NodeError> {
+        let now = self.tick(now);
+        let slot = self.slot_mut(id)?;
+        let len = match &mut slot.state {
+            State::Live(conn) => conn.prepare_input_room(now),
+            _ => 0,
+        };
+        Ok(NodeInputRoom {
+            node: self,
+            index: id.index,
+            len,
+        })
     }
 
     /// Input: `id`'s socket reached EOF or broke.

@@ -179,6 +179,59 @@ fn messages_are_routed_to_handles() {
 }
 
 #[test]
+fn input_written_in_place_is_routed_and_answered() {
+    let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
+    let service = server.open_handle(Scope::Node).unwrap();
+    server.subscribe(service, 3, None).unwrap();
+    for i in 0..300 {
+        client
+            .send(t(0), c, msg(3, i, &[5; 300]), Priority::Normal)
+            .unwrap();
+    }
+    let mut wire = Vec::new();
+    while let Some(data) = client.poll_transmit(c) {
+        wire.extend_from_slice(data);
+        let n = data.len();
+        client.consume_transmit(c, n);
+    }
+    wire.extend_from_slice(&crate::frame::PING_FRAME);
+    let mut rest = &wire[..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let mut room = server.input_room(t(1), s).unwrap();
+        let n = rest.len().min(room.buf().len()).min(5000);
+        room.buf()[..n].copy_from_slice(&rest[..n]);
+        assert_eq!(room.commit(n), n);
+        rest = &rest[n..];
+        out.extend(drain(&mut server));
+    }
+    let got: Vec<&O> = out.iter().filter(|o| matches!(o, O::Message(..))).collect();
+    assert_eq!(got.len(), 300);
+    for (i, o) in got.iter().enumerate() {
+        assert_eq!(
+            *o,
+            &O::Message(
+                s,
+                Header::new(3, i as i32),
+                vec![5; 300],
+                vec![service.index()]
+            )
+        );
+    }
+    // The ping was answered: the node knows the connection has a pong to send.
+    assert!(out.contains(&O::Transmit(s)), "{out:?}");
+    assert!(server.poll_transmit(s).is_some());
+    // A connection that is gone lends no room.
+    server.close(t(1), s).unwrap();
+    drain(&mut server);
+    drain(&mut server);
+    assert_eq!(
+        server.input_room(t(1), s).err(),
+        Some(NodeError::UnknownConnection(s))
+    );
+}
+
+#[test]
 fn stale_ids_are_refused() {
     let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
     server.close(t(1), s).unwrap();
