@@ -31,6 +31,11 @@ const READ_BUF: usize = 64 * 1024;
 /// being read, so both ends work at once (tokio-util flushes every 8 KiB for the same reason).
 /// While they bring none (a large message arriving), reads take the whole buffer.
 const ANSWERED_READ: usize = 16 * 1024;
+/// The node's deadlines are rounded up to this grain, so the timer task wakes at most once per
+/// grain however many connections have deadlines (10,000 idle connections pinging every second
+/// have thousands a second), and each wake-up handles all that came due in it. Protocol
+/// deadlines are seconds long; a few milliseconds late changes nothing.
+const TIMER_GRAIN_MS: u64 = 10;
 /// How long an outgoing TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the accept loop waits after a failed accept (out of descriptors and the like).
@@ -72,6 +77,14 @@ enum ReadOutcome {
     Full,
     /// EOF or an error: the socket reads no more.
     Closed,
+}
+
+/// `at` rounded up to [`TIMER_GRAIN_MS`] (the end of time stays where it is).
+fn grain(at: Instant) -> Instant {
+    match at.as_millis().checked_next_multiple_of(TIMER_GRAIN_MS) {
+        Some(ms) => Instant::from_millis(ms),
+        None => at,
+    }
 }
 
 /// (still open, more likely waiting, held back, bytes read)
@@ -355,7 +368,7 @@ impl Runtime {
             let connects: Vec<_> = inner.actions.connect.drain(..).collect();
             // Wake the timer only if a deadline came before the one it sleeps until.
             let wake_timer = match (inner.timer_sleep, inner.node.poll_timeout()) {
-                (Some(sleeping), Some(next)) => next < sleeping,
+                (Some(sleeping), Some(next)) => grain(next) < sleeping,
                 _ => false,
             };
             (connects, wake_timer)
@@ -634,7 +647,7 @@ impl Runtime {
             }
             let deadline = {
                 let mut inner = self.lock();
-                let deadline = inner.node.poll_timeout();
+                let deadline = inner.node.poll_timeout().map(grain);
                 inner.timer_sleep = Some(deadline.unwrap_or(Instant::MAX));
                 deadline
             };
@@ -716,5 +729,26 @@ impl Runtime {
     /// The peer of a connection.
     pub(crate) fn peer(&self, id: ConnId) -> Option<SocketAddr> {
         self.lock().dispatch.peer(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_to_the_grain() {
+        let ms = Instant::from_millis;
+        assert_eq!(grain(ms(0)), ms(0));
+        assert_eq!(grain(ms(1)), ms(TIMER_GRAIN_MS));
+        assert_eq!(grain(ms(TIMER_GRAIN_MS)), ms(TIMER_GRAIN_MS));
+        assert_eq!(grain(ms(TIMER_GRAIN_MS + 1)), ms(2 * TIMER_GRAIN_MS));
+        for at in [12_345, 99_999, u64::MAX - 3, u64::MAX] {
+            let g = grain(ms(at));
+            assert!(
+                g >= ms(at) && g.as_millis() - at < TIMER_GRAIN_MS,
+                "{at} -> {g:?}"
+            );
+        }
     }
 }
