@@ -364,3 +364,57 @@ fn drain_to_waits_while_reconnecting_and_ends_at_close() {
         .await;
     });
 }
+
+/// A peer that breaks the protocol and keeps sending is cut off: its socket is closed (so the
+/// flood fails rather than filling anything), and the server goes on serving others.
+#[test]
+fn a_broken_peer_that_keeps_sending_is_cut_off() {
+    smol::block_on(async {
+        let server = Server::bind("127.0.0.1:0", NodeConfig::default())
+            .await
+            .unwrap();
+        server.handle(3, None, echo).unwrap();
+        let addr = server.local_addr();
+        let (done_tx, done_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut peer = TcpStream::connect(addr).unwrap();
+            let mut writer = peer.try_clone().unwrap();
+            // A plausible frame length, then not a header; then a flood.
+            let mut garbage = vec![0x40, 0x00];
+            garbage.extend((0..62u8).map(|i| i.wrapping_mul(97) | 0x80));
+            let flood = thread::spawn(move || {
+                let _ = std::io::Write::write_all(&mut writer, &garbage);
+                let chunk = vec![0x55u8; 64 * 1024];
+                for _ in 0..1024 {
+                    if std::io::Write::write_all(&mut writer, &chunk).is_err() {
+                        return true;
+                    }
+                }
+                false
+            });
+            peer.set_read_timeout(Some(WAIT)).unwrap();
+            let mut buf = [0u8; 4096];
+            // EOF or a reset: the server closed the socket.
+            let closed = loop {
+                match peer.read(&mut buf) {
+                    Ok(0) | Err(_) => break true,
+                    Ok(_) => {}
+                }
+            };
+            let _ = done_tx.send((closed, flood.join().unwrap()));
+        });
+        let (closed, flood_cut) = smol::unblock(move || done_rx.recv_timeout(2 * WAIT))
+            .await
+            .expect("the peer thread finished");
+        assert!(closed, "the server never closed the broken peer's socket");
+        assert!(flood_cut, "64 MiB were written to a closed connection");
+        let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
+        let reply = client
+            .request(Message::new(Header::new(3, 1), b"still here"), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(&reply.body[..], b"still here");
+        client.close().await;
+        server.shutdown().await;
+    });
+}

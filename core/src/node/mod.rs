@@ -951,6 +951,11 @@ impl<S: Storage> Node<S> {
             State::Live(conn) => conn.prepare_input_room(now),
             _ => 0,
         };
+        // Making the room may have allocated it: the next poll visits the connection, which
+        // arms its buffer release even if nothing is committed.
+        if len > 0 {
+            self.mark_ready(id.index);
+        }
         Ok(NodeInputRoom {
             node: self,
             index: id.index,
