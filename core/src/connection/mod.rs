@@ -488,6 +488,9 @@ impl<S: Storage> Connection<S> {
         if len == 0 {
             self.held_back_input = true;
         }
+        // The room may have been allocated just now, and a read may bring nothing: memory
+        // that no input follows is still given back.
+        self.schedule_release();
         len
     }
 

@@ -951,10 +951,10 @@ impl<S: Storage> Node<S> {
             State::Live(conn) => conn.prepare_input_room(now),
             _ => 0,
         };
-        // Making the room may have allocated it: the next poll visits the connection, which
-        // arms its buffer release even if nothing is committed.
+        // Making the room may have armed the buffer release (see
+        // `Connection::prepare_input_room`), even if nothing is committed.
         if len > 0 {
-            self.mark_ready(id.index);
+            self.schedule(id.index);
         }
         Ok(NodeInputRoom {
             node: self,

@@ -232,6 +232,29 @@ fn input_written_in_place_is_routed_and_answered() {
 }
 
 #[test]
+fn a_room_made_but_not_committed_is_still_given_back() {
+    let (_client, mut server, _c, s) = connected(NodeConfig::default(), NodeConfig::default());
+    drain(&mut server);
+    let receive = |n: &N| n.connection(s).map_or(0, |c| c.heap_usage().receive);
+    assert_eq!(receive(&server), 0);
+    // A read that found nothing (`WouldBlock`): the room was made, nothing committed.
+    assert!(!server.input_room(t(0), s).unwrap().buf().is_empty());
+    assert!(receive(&server) > 0);
+    drain(&mut server);
+    let mut now = t(0);
+    while receive(&server) > 0 && now < t(10) {
+        let Some(at) = server.poll_timeout() else {
+            break;
+        };
+        now = at;
+        server.handle_timeout(now);
+        drain(&mut server);
+    }
+    assert!(server.connection(s).is_some());
+    assert_eq!(receive(&server), 0, "still held at {now:?}");
+}
+
+#[test]
 fn stale_ids_are_refused() {
     let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
     server.close(t(1), s).unwrap();
