@@ -294,7 +294,7 @@ fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Conf
                 let how = s.byte();
                 let mut input = s.bytes(n);
                 for _ in 0..64 {
-                    let mut room = c.input_room(now);
+                    let mut room = c.input_room();
                     let len = room.buf().len();
                     assert!(len <= rx_bound, "room of {len} past the bound {rx_bound}");
                     let k = input.len().min(len);
@@ -302,13 +302,13 @@ fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Conf
                     let taken = match how % 4 {
                         // The rest of the room holds whatever it held: bytes all the same.
                         0 if k < len => {
-                            assert_eq!(room.commit(usize::MAX), len);
+                            assert_eq!(room.commit(now, usize::MAX), len);
                             k
                         }
                         // Not committed: nothing is taken.
                         1 if k > 0 => 0,
                         _ => {
-                            assert_eq!(room.commit(k), k);
+                            assert_eq!(room.commit(now, k), k);
                             k
                         }
                     };
@@ -485,10 +485,10 @@ pub fn node(data: &[u8]) {
                 if let Some(id) = id {
                     let n = usize::from(s.u16() % 1024);
                     let input = s.bytes(n);
-                    if let Ok(mut room) = node.input_room(now, id) {
+                    if let Ok(mut room) = node.input_room(id) {
                         let k = input.len().min(room.buf().len());
                         room.buf()[..k].copy_from_slice(&input[..k]);
-                        assert_eq!(room.commit(k), k);
+                        assert_eq!(room.commit(now, k), k);
                     }
                 }
             }

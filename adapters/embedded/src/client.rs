@@ -17,8 +17,9 @@ const TURNS_PER_YIELD: u32 = 32;
 /// `embassy-net` `TcpSocket`, a UART bridge, a host socket through `embedded-io-adapters`).
 ///
 /// It owns a [`Connection`] with storage `S` (by default [`Fixed`]: 9000-byte buffers, about
-/// 20 KB, sequences delivered chunk by chunk), the socket `T`, the clock `C` and a read buffer
-/// of `READ` bytes. Nothing is allocated, and nothing happens until it is polled:
+/// 20 KB, sequences delivered chunk by chunk), the socket `T` and the clock `C`. The socket
+/// reads straight into the connection's receive buffer, at most `READ` bytes at a time.
+/// Nothing is allocated, and nothing happens until it is polled:
 /// [`Client::send`] only queues; [`Client::next`] writes, reads and keeps the connection alive
 /// until an event is ready.
 ///
@@ -38,14 +39,12 @@ const TURNS_PER_YIELD: u32 = 32;
 /// bytes by default): larger ones are refused with [`SendError::TooLarge`], so pick a larger
 /// `TX` for uploads. Received bodies of any size arrive as
 /// [`Event::SequenceStart`], [`Event::SequenceChunk`]s and [`Event::SequenceEnd`]. `READ`
-/// must be at least 1 (checked at compile time); 1024 makes a 9000-byte frame nine reads.
+/// must be at least 1 (checked at compile time); 1024 makes a 9000-byte frame nine reads. It
+/// costs no memory: it only bounds each read (for sockets that prefer small ones).
 pub struct Client<T, C, S: Storage = Fixed, const READ: usize = 1024> {
     conn: Connection<S>,
     io: T,
     clock: C,
-    buf: [u8; READ],
-    /// `buf[held.0..held.1]` was read but not yet taken by the connection (backpressure).
-    held: (usize, usize),
 }
 
 impl<T, C, S, const READ: usize> Client<T, C, S, READ>
@@ -75,8 +74,6 @@ where
             conn: Connection::connecting(now, config),
             io,
             clock,
-            buf: [0; READ],
-            held: (0, 0),
         }
     }
 
@@ -183,7 +180,6 @@ where
             self.start_over(now);
         }
         self.conn.handle_connected(now);
-        self.held = (0, 0);
     }
 
     /// Whether the connection is up (not closed, and not waiting for a reconnect).
@@ -234,16 +230,10 @@ where
         loop {
             let now = self.clock.now();
             self.handle_due_timers(now);
-            // `has_event` first lets go of the last event, whose bytes may be what held the
-            // input back; then the held bytes fit.
+            // `has_event` also lets go of the last event, whose bytes may be what left no
+            // room for input.
             if self.conn.has_event() {
                 return Ok(true);
-            }
-            if self.held.0 < self.held.1 {
-                self.offer_held(now);
-                if self.conn.has_event() {
-                    return Ok(true);
-                }
             }
             // Closed and reported (or waiting for a reconnect): nothing will ever come.
             if !self.conn.is_established() {
@@ -258,37 +248,36 @@ where
                 continue;
             }
             let deadline = earliest(self.conn.poll_timeout(), until);
-            let Client {
-                conn,
-                io,
-                clock,
-                buf,
-                held,
-            } = self;
+            let Client { conn, io, clock } = self;
             if let Some(data) = conn.poll_transmit() {
                 // Writing first keeps the queues short; the peer keeps reading meanwhile.
                 let written = select(io.write(data), sleep(clock, deadline)).await;
                 if let Either::First(result) = written {
                     Self::wrote(conn, clock.now(), result)?;
                 }
-            } else if held.0 == held.1 {
-                match select(io.read(buf), sleep(clock, deadline)).await {
-                    Either::First(Ok(0)) => conn.handle_eof(clock.now()),
-                    Either::First(Ok(n)) => {
-                        let n = n.min(buf.len());
-                        let taken = conn.handle_input(clock.now(), &buf[..n]);
-                        *held = (taken.min(n), n);
-                    }
-                    Either::First(Err(e)) => {
-                        conn.handle_eof(clock.now());
-                        return Err(Error::Read(e));
-                    }
-                    Either::Second(()) => {}
-                }
-            } else {
-                // Not reached: with the last event let go, held bytes fit, or complete a frame
-                // (the receive buffer holds a maximum frame). Wait for the clock, not spin.
+                continue;
+            }
+            // The socket reads straight into the receive buffer. A read cut short by the
+            // clock takes nothing (the socket's `read` is cancel safe), nor does the room.
+            let mut room = conn.input_room();
+            let buf = room.buf();
+            let len = buf.len().min(READ);
+            if len == 0 {
+                // Not reached: with the last event let go, the receive buffer (at least one
+                // maximum frame) has room, or holds a complete frame. Wait for the clock.
                 sleep(clock, deadline).await;
+                continue;
+            }
+            match select(io.read(&mut buf[..len]), sleep(clock, deadline)).await {
+                Either::First(Ok(0)) => conn.handle_eof(clock.now()),
+                Either::First(Ok(n)) => {
+                    room.commit(clock.now(), n);
+                }
+                Either::First(Err(e)) => {
+                    conn.handle_eof(clock.now());
+                    return Err(Error::Read(e));
+                }
+                Either::Second(()) => {}
             }
         }
     }
@@ -319,22 +308,12 @@ where
         }
     }
 
-    /// Offers the bytes backpressure held back again.
-    fn offer_held(&mut self, now: Instant) {
-        let (start, end) = self.held;
-        if start < end {
-            let taken = self.conn.handle_input(now, &self.buf[start..end]);
-            self.held = ((start + taken).min(end), end);
-        }
-    }
-
     /// Once a closed connection's [`Event::Closed`] was returned, replaces it by one waiting
     /// for a socket, holding the unsent messages, so [`Client::send`] can go on queueing.
     fn settle(&mut self) {
         if self.conn.is_closed() && !self.conn.has_event() {
             let now = self.clock.now();
             self.start_over(now);
-            self.held = (0, 0);
         }
     }
 
@@ -352,7 +331,6 @@ impl<T, C, S: Storage, const READ: usize> fmt::Debug for Client<T, C, S, READ> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("connection", &self.conn)
-            .field("held", &self.held.1.saturating_sub(self.held.0))
             .finish_non_exhaustive()
     }
 }

@@ -4,17 +4,17 @@
 //!
 //! The protocol lives in [`flowee_proto`]; this crate only moves bytes between a socket and a
 //! [`Connection`](flowee_proto::Connection), and wakes it when the [`Clock`] says a deadline
-//! has come. A [`Client`] owns the connection, the socket, the clock and a small read buffer,
-//! all of fixed size (about 21 KB with the default [`Fixed`] storage), so it fits in a static
-//! task of any executor.
+//! has come. A [`Client`] owns the connection, the socket and the clock, all of fixed size
+//! (about 20 KB with the default [`Fixed`] storage), so it fits in a static task of any
+//! executor. The socket reads straight into the connection's receive buffer.
 //!
 //! # The loop
 //!
 //! [`Client::send`] only queues. [`Client::next`] runs until an event is ready and returns it:
 //! each turn it handles due timers (comparing the clock with the deadline, never trusting the
-//! timer), returns an event if there is one (once the last event is let go, bytes that
-//! backpressure held back are offered again first), and otherwise either writes what the
-//! connection has (many frames per write, partial writes kept) or reads at most `READ` bytes,
+//! timer), returns an event if there is one, and otherwise either writes what the connection
+//! has (many frames per write, partial writes kept) or reads at most `READ` bytes into the
+//! connection's receive buffer,
 //! racing either against the next deadline. Every few turns it yields to the executor, so a
 //! socket that is always ready cannot starve other tasks.
 //!

@@ -204,8 +204,8 @@ fn partial_writes_and_tiny_reads_keep_the_stream_intact() {
 }
 
 /// Receives a 100 kB sequence through the 9000-byte receive buffer, with reads of at most
-/// `max_read` bytes into a `READ`-byte buffer: reads larger than the room left behind a
-/// delivered frame make the connection take fewer bytes than offered (backpressure).
+/// `max_read` and `READ` bytes written straight into it: reads are cut to the room left
+/// behind a delivered frame (backpressure).
 async fn receive_sequence<const READ: usize>(max_read: usize) {
     let mut client: TestClient<READ> = client(Config::default(), |peer| peer.max_read = max_read);
     assert_eq!(next(&mut client).await, Event::Connected);

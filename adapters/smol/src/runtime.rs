@@ -476,9 +476,8 @@ impl Runtime {
     /// `limit` bytes. The lock is held for the read, which never waits (the socket is
     /// non-blocking), in place of the copy a separate read buffer would cost.
     fn read(&self, id: ConnId, stream: &Async<TcpStream>, limit: usize) -> ReadOutcome {
-        let now = self.now();
         let mut inner = self.lock();
-        let Ok(mut room) = inner.node.input_room(now, id) else {
+        let Ok(mut room) = inner.node.input_room(id) else {
             return ReadOutcome::Closed;
         };
         let buf = room.buf();
@@ -497,16 +496,15 @@ impl Runtime {
                 Err(_) => return ReadOutcome::Closed,
             }
         };
-        room.commit(n);
+        room.commit(self.now(), n);
         // A short read most likely drained the socket: skip the read that would say so.
         ReadOutcome::Got { n, more: n == len }
     }
 
     /// Whether the node takes input for `id` again (after backpressure).
     fn has_room(&self, id: ConnId) -> bool {
-        let now = self.now();
         let mut inner = self.lock();
-        match inner.node.input_room(now, id) {
+        match inner.node.input_room(id) {
             Ok(mut room) => !room.buf().is_empty(),
             // Gone: the next read says so.
             Err(_) => true,

@@ -38,10 +38,10 @@ impl<S: Storage> InputRoom<'_, S> {
         self.conn.input_room_buf(self.len)
     }
 
-    /// Takes the first `n` bytes of the room as input (at most its length) and parses them;
-    /// returns how many were taken.
-    pub fn commit(self, n: usize) -> usize {
-        self.conn.commit_input(self.len, n)
+    /// Takes the first `n` bytes of the room as input that arrived at `now` (at most the
+    /// room's length) and parses them; returns how many were taken.
+    pub fn commit(self, now: Instant, n: usize) -> usize {
+        self.conn.commit_input(now, self.len, n)
     }
 }
 
@@ -460,25 +460,26 @@ impl<S: Storage> Connection<S> {
     /// application has not polled yet (backpressure: poll events, then ask again) or the
     /// connection no longer reads. The room is at least half the buffer, and after a read
     /// that filled it the buffer doubles (within [`Config::receive_buffer`]), so a busy
-    /// connection soon reads in large pieces while an idle one keeps a small buffer.
+    /// connection soon reads in large pieces while an idle one keeps a small buffer. The time
+    /// is given at the commit, when the bytes have arrived, so the room may be lent to a read
+    /// that waits.
     ///
     /// ```
     /// # use flowee_proto::{frame::PING_FRAME, Connection, Config, Instant};
     /// let mut conn: Connection = Connection::accepted(Instant::ZERO, Config::default());
-    /// let mut room = conn.input_room(Instant::ZERO);
+    /// let mut room = conn.input_room();
     /// let n = PING_FRAME.len();
     /// room.buf()[..n].copy_from_slice(&PING_FRAME); // a socket's `read` in real use
-    /// assert_eq!(room.commit(n), n);
+    /// assert_eq!(room.commit(Instant::from_millis(5), n), n);
     /// assert!(conn.poll_transmit().is_some()); // the pong
     /// ```
-    pub fn input_room(&mut self, now: Instant) -> InputRoom<'_, S> {
-        let len = self.prepare_input_room(now);
+    pub fn input_room(&mut self) -> InputRoom<'_, S> {
+        let len = self.prepare_input_room();
         InputRoom { conn: self, len }
     }
 
     /// Prepares [`Connection::input_room`]; returns its length.
-    pub(crate) fn prepare_input_room(&mut self, now: Instant) -> usize {
-        self.update_clock(now);
+    pub(crate) fn prepare_input_room(&mut self) -> usize {
         if self.is_closed() {
             return 0;
         }
@@ -501,13 +502,13 @@ impl<S: Storage> Connection<S> {
         &mut room[..len]
     }
 
-    /// Takes `n` bytes written into the prepared room (at most `len`, its length).
-    pub(crate) fn commit_input(&mut self, len: usize, n: usize) -> usize {
+    /// Takes `n` bytes written into the prepared room (at most `len`, its length) at `now`.
+    pub(crate) fn commit_input(&mut self, now: Instant, len: usize, n: usize) -> usize {
+        let now = self.update_clock(now);
         let n = n.min(len);
         if n == 0 {
             return 0;
         }
-        let now = self.now;
         if self.state == State::Connecting {
             // Data can only come over an established TCP connection.
             self.handle_connected(now);

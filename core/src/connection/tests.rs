@@ -511,10 +511,10 @@ fn backpressure_when_events_are_not_polled() {
 /// Writes as much of `data` as `c`'s input room holds, as a socket read would; returns how
 /// much was taken.
 fn write_in_place<S: Storage>(now: Instant, c: &mut Connection<S>, data: &[u8]) -> usize {
-    let mut room = c.input_room(now);
+    let mut room = c.input_room();
     let n = data.len().min(room.buf().len());
     room.buf()[..n].copy_from_slice(&data[..n]);
-    room.commit(n)
+    room.commit(now, n)
 }
 
 #[test]
@@ -538,9 +538,9 @@ fn input_written_in_place_is_taken_like_handle_input() {
         if n == 0 {
             // Backpressure: the buffer is full of events not polled yet.
             empty_rooms += 1;
-            assert!(s.input_room(t(0)).buf().is_empty());
+            assert!(s.input_room().buf().is_empty());
             events.extend(drain(&mut s));
-            assert!(!s.input_room(t(0)).buf().is_empty());
+            assert!(!s.input_room().buf().is_empty());
         }
     }
     events.extend(drain(&mut s));
@@ -563,7 +563,7 @@ fn input_rooms_grow_with_the_traffic_and_stay_small_when_idle() {
     // A ping at a time: the smallest buffer, however often.
     for i in 0..10 {
         assert_eq!(write_in_place(t(i), &mut s, &PING_FRAME), PING_FRAME.len());
-        assert!(s.input_room(t(i)).buf().len() <= 512);
+        assert!(s.input_room().buf().len() <= 512);
         take_tx(&mut s);
     }
     // Reads that fill the room double it, up to the bound and never past it.
@@ -579,7 +579,7 @@ fn input_rooms_grow_with_the_traffic_and_stay_small_when_idle() {
     let mut sizes = Vec::new();
     let mut events = Vec::new();
     while !rest.is_empty() {
-        sizes.push(s.input_room(t(10)).buf().len());
+        sizes.push(s.input_room().buf().len());
         let n = write_in_place(t(10), &mut s, rest);
         rest = &rest[n..];
         events.extend(drain(&mut s));
@@ -602,15 +602,15 @@ fn input_rooms_take_only_what_was_committed() {
     c.send(t(0), msg(1, 1, b"abc"), Priority::Normal).unwrap();
     let wire = take_tx(&mut c);
     // A room left without a commit takes nothing.
-    s.input_room(t(0)).buf()[..wire.len()].copy_from_slice(&wire);
+    s.input_room().buf()[..wire.len()].copy_from_slice(&wire);
     assert_eq!(s.stats().bytes_in, 0);
     assert_eq!(drain(&mut s), vec![]);
     // A count past the room is cut to it.
-    let mut room = s.input_room(t(0));
+    let mut room = s.input_room();
     let len = room.buf().len();
     room.buf()[..wire.len()].copy_from_slice(&wire);
     room.buf()[wire.len()..].fill(0);
-    assert_eq!(room.commit(usize::MAX), len);
+    assert_eq!(room.commit(t(0), usize::MAX), len);
     assert_eq!(
         drain(&mut s)[0],
         Ev::Message(Header::new(1, 1), b"abc".to_vec())
@@ -620,10 +620,24 @@ fn input_rooms_take_only_what_was_committed() {
     let pong = [PONG_FRAME.as_slice()].concat();
     assert_eq!(write_in_place(t(0), &mut client, &pong), pong.len());
     assert_eq!(drain(&mut client).first(), Some(&Ev::Connected));
+    // The time is the commit's, when the bytes arrived: a ping lent a room at 0 s and
+    // committed at 100 s pushes the silence deadline to 100 s + 120 s.
+    let (_, mut s) = pair(Config::default());
+    let mut room = s.input_room();
+    room.buf()[..PING_FRAME.len()].copy_from_slice(&PING_FRAME);
+    assert_eq!(room.commit(t(100), PING_FRAME.len()), PING_FRAME.len());
+    take_tx(&mut s);
+    s.handle_timeout(t(219));
+    assert!(!s.is_closed());
+    s.handle_timeout(t(220));
+    assert_eq!(
+        drain(&mut s).last(),
+        Some(&Ev::Closed(CloseReason::PingTimeout))
+    );
     // A closed connection takes no more input.
     s.close(t(0));
     drain(&mut s);
-    assert!(s.input_room(t(0)).buf().is_empty());
+    assert!(s.input_room().buf().is_empty());
 }
 
 #[test]
@@ -1055,10 +1069,10 @@ fn any_chunking_and_polling_gives_the_same_events() {
             let cut = cuts.get(i).map_or(rest.len(), |c| 1 + c % rest.len());
             let taken = if rooms {
                 // As a socket would write it: at most the room's length.
-                let mut room = s.input_room(t(1));
+                let mut room = s.input_room();
                 let n = cut.min(room.buf().len());
                 room.buf()[..n].copy_from_slice(&rest[..n]);
-                room.commit(n)
+                room.commit(t(1), n)
             } else {
                 s.handle_input(t(1), &rest[..cut])
             };

@@ -117,14 +117,15 @@ impl<S: Storage> NodeInputRoom<'_, S> {
         }
     }
 
-    /// Takes the first `n` bytes of the room as input (at most its length) and parses them;
-    /// returns how many were taken.
-    pub fn commit(self, n: usize) -> usize {
+    /// Takes the first `n` bytes of the room as input that arrived at `now` (at most the
+    /// room's length) and parses them; returns how many were taken.
+    pub fn commit(self, now: Instant, n: usize) -> usize {
+        let now = self.node.tick(now);
         let taken = match self.node.slots.get_mut(self.index as usize) {
             Some(Slot {
                 state: State::Live(conn),
                 ..
-            }) => conn.commit_input(self.len, n),
+            }) => conn.commit_input(now, self.len, n),
             _ => 0,
         };
         self.node.touch(self.index);
@@ -940,15 +941,10 @@ impl<S: Storage> Node<S> {
     /// Input without a copy: lends the free room of `id`'s receive buffer, so its socket can
     /// read straight into it (see [`Connection::input_room`]). The room is empty when `id`
     /// takes no input now: poll outputs, then ask again.
-    pub fn input_room(
-        &mut self,
-        now: Instant,
-        id: ConnId,
-    ) -> Result<NodeInputRoom<'_, S>, NodeError> {
-        let now = self.tick(now);
+    pub fn input_room(&mut self, id: ConnId) -> Result<NodeInputRoom<'_, S>, NodeError> {
         let slot = self.slot_mut(id)?;
         let len = match &mut slot.state {
-            State::Live(conn) => conn.prepare_input_room(now),
+            State::Live(conn) => conn.prepare_input_room(),
             _ => 0,
         };
         // Making the room may have armed the buffer release (see

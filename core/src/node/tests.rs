@@ -198,10 +198,10 @@ fn input_written_in_place_is_routed_and_answered() {
     let mut rest = &wire[..];
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let mut room = server.input_room(t(1), s).unwrap();
+        let mut room = server.input_room(s).unwrap();
         let n = rest.len().min(room.buf().len()).min(5000);
         room.buf()[..n].copy_from_slice(&rest[..n]);
-        assert_eq!(room.commit(n), n);
+        assert_eq!(room.commit(t(1), n), n);
         rest = &rest[n..];
         out.extend(drain(&mut server));
     }
@@ -226,7 +226,7 @@ fn input_written_in_place_is_routed_and_answered() {
     drain(&mut server);
     drain(&mut server);
     assert_eq!(
-        server.input_room(t(1), s).err(),
+        server.input_room(s).err(),
         Some(NodeError::UnknownConnection(s))
     );
 }
@@ -238,7 +238,7 @@ fn a_room_made_but_not_committed_is_still_given_back() {
     let receive = |n: &N| n.connection(s).map_or(0, |c| c.heap_usage().receive);
     assert_eq!(receive(&server), 0);
     // A read that found nothing (`WouldBlock`): the room was made, nothing committed.
-    assert!(!server.input_room(t(0), s).unwrap().buf().is_empty());
+    assert!(!server.input_room(s).unwrap().buf().is_empty());
     assert!(receive(&server) > 0);
     drain(&mut server);
     let mut now = t(0);
