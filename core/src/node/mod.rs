@@ -3,9 +3,9 @@
 //!
 //! The adapter tells the node what happens on its sockets and clock ([`Node::accept`],
 //! [`Node::handle_connected`], [`Node::handle_input`] or [`Node::input_room`],
-//! [`Node::handle_eof`], [`Node::handle_timeout`]) and does what [`Node::poll_output`] asks: open or close a TCP
-//! connection, write a connection's bytes ([`Node::poll_transmit`]), hand an event or message to
-//! the application, persist a ban.
+//! [`Node::handle_eof`], [`Node::handle_timeout`]) and does what [`Node::poll_output`] asks:
+//! open or close a TCP connection, write a connection's bytes ([`Node::poll_transmit`]), hand
+//! an event or message to the application, persist a ban.
 //!
 //! Connections are named by [`ConnId`]s that carry a generation: an id whose connection is
 //! gone is refused with a typed error, never mistaken for a newer connection. An outgoing
