@@ -24,6 +24,17 @@ fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
     ));
 }
 
+/// A new client's request to service 3 at `addr` comes back as `body`.
+async fn assert_echoes(addr: SocketAddr, body: &[u8]) {
+    let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
+    let reply = client
+        .request(Message::new(Header::new(3, 2), body), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(&reply.body[..], body);
+    client.close().await;
+}
+
 fn body_of(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i * 31 + j) as u8).collect()
 }
@@ -109,13 +120,7 @@ fn the_port_is_free_as_soon_as_shutdown_returns() {
         // Still usable as a server after all that.
         let server = Server::bind(addr, NodeConfig::default()).await.unwrap();
         server.handle(3, None, echo).unwrap();
-        let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
-        let reply = client
-            .request(Message::new(Header::new(3, 2), b"up"), WAIT)
-            .await
-            .unwrap();
-        assert_eq!(&reply.body[..], b"up");
-        client.close().await;
+        assert_echoes(addr, b"up").await;
         server.shutdown().await;
     });
 }
@@ -408,13 +413,7 @@ fn a_broken_peer_that_keeps_sending_is_cut_off() {
             .expect("the peer thread finished");
         assert!(closed, "the server never closed the broken peer's socket");
         assert!(flood_cut, "64 MiB were written to a closed connection");
-        let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
-        let reply = client
-            .request(Message::new(Header::new(3, 1), b"still here"), WAIT)
-            .await
-            .unwrap();
-        assert_eq!(&reply.body[..], b"still here");
-        client.close().await;
+        assert_echoes(addr, b"still here").await;
         server.shutdown().await;
     });
 }

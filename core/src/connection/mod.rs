@@ -1,11 +1,10 @@
 //! One TCP stream speaking the protocol, as a state machine with no I/O.
 //!
 //! Feed it what happens ([`Connection::handle_input`] or [`Connection::input_room`],
-//! [`Connection::handle_eof`],
-//! [`Connection::handle_timeout`], [`Connection::handle_connected`]), tell it what the
-//! application wants ([`Connection::send`], [`Connection::close`], [`Connection::punish`]), and
-//! do what it asks ([`Connection::poll_transmit`], [`Connection::poll_timeout`],
-//! [`Connection::poll_event`]). The order of calls does not matter: extra or early calls do
+//! [`Connection::handle_eof`], [`Connection::handle_timeout`], [`Connection::handle_connected`]),
+//! tell it what the application wants ([`Connection::send`], [`Connection::close`],
+//! [`Connection::punish`]), and do what it asks ([`Connection::poll_transmit`],
+//! [`Connection::poll_timeout`], [`Connection::poll_event`]). The order of calls does not matter: extra or early calls do
 //! nothing, and pending output waits. See the crate documentation for the run loop.
 
 mod config;
@@ -441,9 +440,7 @@ impl<S: Storage> Connection<S> {
         loop {
             let n = self.inbox.push(&data[taken..]);
             taken += n;
-            self.last_busy = now;
-            self.stats.bytes_in += n as u64;
-            self.process_input(now, false);
+            self.received(now, n);
             if n == 0 || taken == data.len() || self.is_closed() {
                 break;
             }
@@ -514,10 +511,15 @@ impl<S: Storage> Connection<S> {
             self.handle_connected(now);
         }
         let n = self.inbox.commit(n);
+        self.received(now, n);
+        n
+    }
+
+    /// Counts `n` bytes just added to the receive buffer and parses what they complete.
+    fn received(&mut self, now: Instant, n: usize) {
         self.last_busy = now;
         self.stats.bytes_in += n as u64;
         self.process_input(now, false);
-        n
     }
 
     /// Parses complete frames and applies what they mean: all of them if `all`, else only as

@@ -477,18 +477,28 @@ fn queue_full_gives_the_message_back() {
     c.send(t(0), msg(1, 3, b"c"), Priority::Normal).unwrap();
 }
 
-#[test]
-fn backpressure_when_events_are_not_polled() {
-    let config = Config {
+/// The smallest receive buffer: one maximum frame.
+fn small_receive_buffer() -> Config {
+    Config {
         receive_buffer: core::num::NonZeroUsize::new(9000).unwrap(),
         ..Config::default()
-    };
-    let (mut c, mut s) = pair(config);
+    }
+}
+
+/// A server with [`small_receive_buffer`], and the wire of 200 messages of 100 bytes of `fill`
+/// for it: more than the buffer holds.
+fn overfull(fill: u8) -> (Connection<Heap>, Vec<u8>) {
+    let (mut c, s) = pair(small_receive_buffer());
     for i in 0..200 {
-        c.send(t(0), msg(1, i, &[0; 100]), Priority::Normal)
+        c.send(t(0), msg(1, i, &[fill; 100]), Priority::Normal)
             .unwrap();
     }
-    let wire = take_tx(&mut c);
+    (s, take_tx(&mut c))
+}
+
+#[test]
+fn backpressure_when_events_are_not_polled() {
+    let (mut s, wire) = overfull(0);
     let taken = s.handle_input(t(0), &wire);
     assert!(taken < wire.len());
     assert!(taken <= 9000);
@@ -519,16 +529,7 @@ fn write_in_place<S: Storage>(now: Instant, c: &mut Connection<S>, data: &[u8]) 
 
 #[test]
 fn input_written_in_place_is_taken_like_handle_input() {
-    let config = Config {
-        receive_buffer: core::num::NonZeroUsize::new(9000).unwrap(),
-        ..Config::default()
-    };
-    let (mut c, mut s) = pair(config);
-    for i in 0..200 {
-        c.send(t(0), msg(1, i, &[7; 100]), Priority::Normal)
-            .unwrap();
-    }
-    let wire = take_tx(&mut c);
+    let (mut s, wire) = overfull(7);
     let mut rest = &wire[..];
     let mut events = Vec::new();
     let mut empty_rooms = 0;
@@ -870,35 +871,25 @@ fn pongs_answer_overlapping_pings_in_order() {
 
 #[test]
 fn no_silence_points_when_our_application_held_the_input_back() {
-    let config = Config {
-        receive_buffer: core::num::NonZeroUsize::new(9000).unwrap(),
-        ..Config::default()
+    // The ping deadline passes: closed as a ping timeout, with no points for the peer.
+    let times_out_without_points = |s: &mut Connection<Heap>| {
+        s.handle_timeout(t(150));
+        let events = drain(s);
+        assert_eq!(events.last(), Some(&Ev::Closed(CloseReason::PingTimeout)));
+        assert!(
+            !events.iter().any(|e| matches!(e, Ev::Misbehaved(..))),
+            "{events:?}"
+        );
     };
-    let (mut c, mut s) = pair(config);
-    for i in 0..200 {
-        c.send(t(0), msg(1, i, &[0; 100]), Priority::Normal)
-            .unwrap();
-    }
-    let mut wire = take_tx(&mut c);
+    let (mut s, mut wire) = overfull(0);
     wire.extend_from_slice(&PING_FRAME);
     // The application never polls: the ping stays in the bytes not taken (offered, or left
     // in the socket for want of room).
     let taken = s.handle_input(t(1), &wire);
     assert!(taken < wire.len());
-    s.handle_timeout(t(150));
-    let events = drain(&mut s);
-    assert_eq!(events.last(), Some(&Ev::Closed(CloseReason::PingTimeout)));
-    assert!(
-        !events.iter().any(|e| matches!(e, Ev::Misbehaved(..))),
-        "{events:?}"
-    );
+    times_out_without_points(&mut s);
     // The same when the input is written in place: the room ran out before the ping.
-    let (mut c, mut s) = pair(config);
-    for i in 0..200 {
-        c.send(t(0), msg(1, i, &[0; 100]), Priority::Normal)
-            .unwrap();
-    }
-    let mut wire = take_tx(&mut c);
+    let (mut s, mut wire) = overfull(0);
     wire.extend_from_slice(&PING_FRAME);
     let mut rest = &wire[..];
     while !rest.is_empty() {
@@ -909,15 +900,9 @@ fn no_silence_points_when_our_application_held_the_input_back() {
         rest = &rest[n..];
     }
     assert!(!rest.is_empty());
-    s.handle_timeout(t(150));
-    let events = drain(&mut s);
-    assert_eq!(events.last(), Some(&Ev::Closed(CloseReason::PingTimeout)));
-    assert!(
-        !events.iter().any(|e| matches!(e, Ev::Misbehaved(..))),
-        "{events:?}"
-    );
+    times_out_without_points(&mut s);
     // A peer that is simply silent still gets the points.
-    let (_, mut s) = pair(config);
+    let (_, mut s) = pair(small_receive_buffer());
     s.handle_timeout(t(150));
     assert_eq!(
         drain(&mut s)[0],
