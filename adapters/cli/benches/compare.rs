@@ -108,7 +108,7 @@ fn median2(mut run: impl FnMut() -> (f64, f64)) -> (f64, f64) {
 // `bench` client here
 
 fn flowee(addr: SocketAddr, bench: &Bench) -> Outcome {
-    smol::block_on(flowee_cli::bench::run_smol(&addr.to_string(), bench)).expect("bench runs")
+    flowee_cli::bench::run_smol(&addr.to_string(), bench).expect("bench runs")
 }
 
 /// Messages per second.

@@ -345,7 +345,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 timeout: seconds(timeout)?,
             };
             let outcome = match adapter {
-                bench::Adapter::Smol => smol::block_on(bench::run_smol(&addr, &run)),
+                bench::Adapter::Smol => bench::run_smol(&addr, &run),
                 bench::Adapter::Std => bench::run_std(&addr, &run),
             };
             Ok(network(outcome.map(|o| Some(o.to_string()))))

@@ -24,8 +24,9 @@ use std::time::Duration;
 const READ_BUDGET: usize = 1 << 20;
 /// Writes per wake-up at most.
 const WRITE_BUDGET: usize = 64;
-/// The most one read takes: a connection's default receive buffer.
-const READ_BUF: usize = 64 * 1024;
+/// The most one read takes while reads bring nothing to answer: all the room the node lends,
+/// which grows with the traffic up to the connection's receive buffer.
+const WHOLE_ROOM: usize = usize::MAX;
 /// What one read brings is handled and answered before the next read. While reads bring
 /// answers to write, they are this small: the peer gets answers while later requests are still
 /// being read, so both ends work at once (tokio-util flushes every 8 KiB for the same reason).
@@ -526,7 +527,7 @@ impl Runtime {
         // Bytes read in a row without letting other tasks run.
         let mut burst = 0;
         // How much the next read takes (see `ANSWERED_READ`).
-        let mut limit = READ_BUF;
+        let mut limit = WHOLE_ROOM;
         // The last write found the socket full, and it has not been writable since.
         let mut full = false;
         loop {
@@ -549,7 +550,7 @@ impl Runtime {
                     limit = if flushed.wrote {
                         ANSWERED_READ
                     } else {
-                        READ_BUF
+                        WHOLE_ROOM
                     };
                     (flushed.blocked, flushed.more)
                 }

@@ -94,7 +94,9 @@ pub struct Config {
     /// Heap storage: bytes of encoded frames the high-priority queue may hold.
     pub high_queue_bytes: NonZeroUsize,
     /// Heap storage: bytes of received frames held until the application takes them
-    /// (at least one maximum frame: values below 9000 count as 9000).
+    /// (at least one maximum frame: values below 9000 count as 9000). The buffer starts at
+    /// 512 bytes and doubles only while reads fill it, so only a connection receiving in bulk
+    /// gets near the default of 1 MiB, and there it reads in fewer, larger system calls.
     pub receive_buffer: NonZeroUsize,
     /// Largest sequence accepted (SequenceStart above it is a protocol error).
     pub max_sequence_size: NonZeroU32,
@@ -125,7 +127,7 @@ impl Default for Config {
             normal_queue_len: nz(2000),
             normal_queue_bytes: nz(64 << 20),
             high_queue_bytes: nz(256 << 10),
-            receive_buffer: nz(64 << 10),
+            receive_buffer: nz(1 << 20),
             max_sequence_size: nz32(32 << 20),
             sequence_delivery: SequenceDelivery::Reassemble,
             chunk_size: nz(crate::frame::CHUNK_SIZE),

@@ -92,9 +92,11 @@ const MAX_OWED_PONGS: u8 = 8;
 
 /// Our pings awaiting a pong, at most; more only when pong timeouts are off.
 const MAX_PINGS_OUT: usize = 4;
-/// The most bytes one [`Connection::poll_transmit`] hands out, so a high-priority frame waits
-/// for at most one such batch (the C++ batches 250 KiB).
-const MAX_BATCH: usize = 256 * 1024;
+/// The most bytes one [`Connection::poll_transmit`] hands out, so a high-priority frame queued
+/// meanwhile waits for at most one such batch. A socket takes up to its send buffer per write
+/// (megabytes on a fast link), and fewer, larger writes cost the kernel less per byte (the C++
+/// batches 250 KiB).
+const MAX_BATCH: usize = 1024 * 1024;
 
 /// The messages a closed connection did not finish sending, to queue on the next connection.
 ///
