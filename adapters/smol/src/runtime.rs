@@ -22,8 +22,9 @@ use std::time::Duration;
 /// Bytes read from a socket in a row at most before the task lets others run, so one busy
 /// peer cannot starve the others.
 const READ_BUDGET: usize = 1 << 20;
-/// Writes per wake-up at most.
-const WRITE_BUDGET: usize = 64;
+/// Writes per wake-up at most. Each takes up to 1 MiB while holding the runtime's lock, so
+/// other connections wait for at most 16 MiB of copying.
+const WRITE_BUDGET: usize = 16;
 /// The most one read takes while reads bring nothing to answer: all the room the node lends,
 /// which grows with the traffic up to the connection's receive buffer.
 const WHOLE_ROOM: usize = usize::MAX;
