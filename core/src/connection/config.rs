@@ -95,8 +95,9 @@ pub struct Config {
     pub high_queue_bytes: NonZeroUsize,
     /// Heap storage: bytes of received frames held until the application takes them
     /// (at least one maximum frame: values below 9000 count as 9000). The buffer starts at
-    /// 512 bytes and doubles only while reads fill it, so only a connection receiving in bulk
-    /// gets near the default of 1 MiB, and there it reads in fewer, larger system calls.
+    /// 512 bytes and grows only with the input (a read that fills the lent room doubles it), so
+    /// only a connection receiving in bulk gets near the default of 1 MiB, where it reads in
+    /// fewer, larger system calls.
     pub receive_buffer: NonZeroUsize,
     /// Largest sequence accepted (SequenceStart above it is a protocol error).
     pub max_sequence_size: NonZeroU32,
