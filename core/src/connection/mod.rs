@@ -4,8 +4,9 @@
 //! [`Connection::handle_eof`], [`Connection::handle_timeout`], [`Connection::handle_connected`]),
 //! tell it what the application wants ([`Connection::send`], [`Connection::close`],
 //! [`Connection::punish`]), and do what it asks ([`Connection::poll_transmit`],
-//! [`Connection::poll_timeout`], [`Connection::poll_event`]). The order of calls does not matter: extra or early calls do
-//! nothing, and pending output waits. See the crate documentation for the run loop.
+//! [`Connection::poll_timeout`], [`Connection::poll_event`]). The order of calls does not
+//! matter: extra or early calls do nothing, and pending output waits. See the crate
+//! documentation for the run loop.
 
 mod config;
 mod event;
