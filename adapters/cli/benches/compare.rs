@@ -10,6 +10,12 @@
 //! Every end has its own thread, TCP_NODELAY is on, and each figure is the median of five
 //! runs. It prints each figure and the ratio flowee / baseline.
 //!
+//! A round trip costs what its wake-ups cost, and those depend on where the two ends run: a
+//! wake-up across cores costs about 25 µs on a 2-vCPU VM, one on the same core a few. So the
+//! round trips are measured with both stacks' ends placed the same way, pinned (on Linux):
+//! client and server on two different cores, then both on one core. The throughput workloads
+//! are left to the scheduler, as a user's program would be.
+//!
 //! ```text
 //! cargo bench -p flowee-cli --bench compare
 //! FLOWEE_BENCH_SCALE=0.1 cargo bench -p flowee-cli --bench compare   # a quick look
@@ -67,20 +73,43 @@ fn main() {
     );
 
     let trips = n(20_000);
-    let (ours_median, ours_p99) = median2(|| flowee_round_trip(server.addr, trips));
-    let (raw_median, raw_p99) = median2(|| raw_round_trip(trips));
-    println!(
-        "| {trips} × 100 B round trip, median (p99) | {:.1} µs ({:.1}) | | {:.1} µs ({:.1}) | {:.2}× raw TCP |",
-        ours_median,
-        ours_p99,
-        raw_median,
-        raw_p99,
-        ours_median / raw_median
-    );
+    let server_pid = server.pid();
+    for (ends, cores) in placements() {
+        if let Some((client_core, server_core)) = cores {
+            place::pin_process(std::process::id(), &[client_core]);
+            place::pin_process(server_pid, &[server_core]);
+        }
+        let (ours_median, ours_p99) = median2(|| flowee_round_trip(server.addr, trips));
+        let (raw_median, raw_p99) = median2(|| raw_round_trip(trips, cores.map(|c| c.1)));
+        println!(
+            "| {trips} × 100 B round trip, {ends}, median (p99) | {:.1} µs ({:.1}) | | {:.1} µs ({:.1}) | {:.2}× raw TCP |",
+            ours_median,
+            ours_p99,
+            raw_median,
+            raw_p99,
+            ours_median / raw_median
+        );
+    }
+    let all = place::allowed_cpus();
+    place::pin_process(std::process::id(), &all);
+    place::pin_process(server_pid, &all);
     println!(
         "\nflowee client heap allocations per 100 B message echoed (connect and setup included): \
          {per_message:.4}"
     );
+}
+
+/// The placements of a round trip's two ends: a label and (client core, server core), or
+/// none where this process cannot choose its cores.
+fn placements() -> Vec<(&'static str, Option<(usize, usize)>)> {
+    match place::allowed_cpus()[..] {
+        [] => vec![("ends placed by the scheduler", None)],
+        [only] => vec![("ends on one core", Some((only, only)))],
+        [first, second, ..] => vec![
+            ("ends on two cores", Some((first, second))),
+            ("ends on one core", Some((first, first))),
+        ],
+    }
 }
 
 fn millions(per_s: f64) -> String {
@@ -223,11 +252,15 @@ fn tokio_throughput(count: u64, size: usize, window: usize) -> f64 {
 // -----------------------------------------------------------------------------------------
 // raw TCP: blocking 100-byte ping-pong
 
-/// Median and p99 round trip in µs.
-fn raw_round_trip(count: u64) -> (f64, f64) {
+/// Median and p99 round trip in µs, the server's thread on `server_core` if given (the
+/// client's is this thread).
+fn raw_round_trip(count: u64, server_core: Option<usize>) -> (f64, f64) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
+        if let Some(core) = server_core {
+            place::pin_thread(core);
+        }
         let (mut s, _) = listener.accept().unwrap();
         s.set_nodelay(true).unwrap();
         let mut buf = [0u8; 100];
@@ -253,4 +286,57 @@ fn raw_round_trip(count: u64) -> (f64, f64) {
     rtts.sort_unstable();
     let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
     (at(0.5), at(0.99))
+}
+
+// -----------------------------------------------------------------------------------------
+// placement: which cores the ends of a round trip run on
+
+#[cfg(target_os = "linux")]
+mod place {
+    use rustix::thread::{CpuSet, Pid, sched_getaffinity, sched_setaffinity};
+
+    /// The cores this process may run on (empty if that cannot be read).
+    pub(crate) fn allowed_cpus() -> Vec<usize> {
+        match sched_getaffinity(None) {
+            Ok(set) => (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Restricts thread `tid` (none: the calling thread) to `cpus`.
+    fn pin(tid: Option<Pid>, cpus: &[usize]) -> rustix::io::Result<()> {
+        let mut set = CpuSet::new();
+        for &cpu in cpus {
+            set.set(cpu);
+        }
+        sched_setaffinity(tid, &set)
+    }
+
+    /// Runs the calling thread on `cpu` only.
+    pub(crate) fn pin_thread(cpu: usize) {
+        pin(None, &[cpu]).expect("the thread may run on its core");
+    }
+
+    /// Restricts every thread of process `pid` to `cpus`. Threads it starts later inherit the
+    /// set from the thread that starts them.
+    pub(crate) fn pin_process(pid: u32, cpus: &[usize]) {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+        for task in tasks.flatten() {
+            let tid = task.file_name().to_str().and_then(|t| t.parse().ok());
+            if let Some(tid) = tid.and_then(Pid::from_raw) {
+                // A thread may end while this runs; the others are pinned.
+                let _ = pin(Some(tid), cpus);
+            }
+        }
+    }
+}
+
+/// Elsewhere the scheduler places the ends.
+#[cfg(not(target_os = "linux"))]
+mod place {
+    pub(crate) fn allowed_cpus() -> Vec<usize> {
+        Vec::new()
+    }
+    pub(crate) fn pin_thread(_cpu: usize) {}
+    pub(crate) fn pin_process(_pid: u32, _cpus: &[usize]) {}
 }
