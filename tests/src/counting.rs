@@ -1,6 +1,6 @@
 //! A counting global allocator, for tests that bound memory or count allocations. Install it
-//! in a test binary (one per binary; counters are process-wide, so such tests run one at a
-//! time):
+//! in a test binary (one per binary; the byte counters are process-wide, so such tests run one
+//! at a time; [`thread_allocations`] counts the calling thread's allocations only):
 //!
 //! ```ignore
 //! #[global_allocator]
@@ -8,6 +8,7 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The allocator: the system allocator, plus counters.
@@ -17,6 +18,19 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    // Const-initialised and without a destructor: reading it never allocates, so the
+    // allocator itself may use it.
+    static THREAD_ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts one allocation, process-wide and for the calling thread.
+fn count_allocation() {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    // A thread being torn down has no thread-locals left; its allocations count process-wide only.
+    let _ = THREAD_ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
 #[allow(unsafe_code)]
 // SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
 // GlobalAlloc contract; the counters are plain atomics and never affect the pointers returned.
@@ -25,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: same layout, forwarded to the system allocator.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            count_allocation();
             let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
             PEAK.fetch_max(live, Ordering::Relaxed);
         }
@@ -42,7 +56,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded unchanged; `ptr` and `layout` come from this allocator.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            count_allocation();
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
             let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
             PEAK.fetch_max(live, Ordering::Relaxed);
@@ -51,9 +65,15 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Allocations (and reallocations) so far.
+/// Allocations (and reallocations) so far, by every thread.
 pub fn allocations() -> usize {
     ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Allocations (and reallocations) so far by the calling thread: what code running on it
+/// allocated, whatever other threads of the process (a test harness's, say) do meanwhile.
+pub fn thread_allocations() -> usize {
+    THREAD_ALLOCATIONS.with(Cell::get)
 }
 
 /// Bytes allocated now.

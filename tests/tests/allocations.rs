@@ -2,7 +2,8 @@
 //! `Connection` pair, and a `Node` pair with services answering through `flowee-service`'s
 //! dispatch, move small messages and 1 MiB sequences with zero heap allocations.
 //!
-//! One test only: the counting allocator's counters are process-wide.
+//! Allocations are counted on the test's own thread, which runs every node, connection and
+//! service here: whatever the test harness's other threads allocate meanwhile is not ours.
 
 use flowee_proto::Instant;
 use flowee_proto::connection::{Config, Connection, Event, Message, Priority};
@@ -25,11 +26,30 @@ fn steady_state_allocates_nothing_per_message() {
     node_pair_with_services(1 << 20, 32, 4);
 }
 
-/// Allocations made by `f`.
+/// The counter the test relies on sees this thread's allocations, and not another thread's.
+#[test]
+fn the_counter_sees_this_threads_allocations_only() {
+    let mine = counting::thread_allocations();
+    let kept: Vec<Box<u64>> = (0..100).map(Box::new).collect();
+    assert!(
+        counting::thread_allocations() - mine >= 101,
+        "100 boxes and their vector"
+    );
+    drop(kept);
+    let (mine, all) = (counting::thread_allocations(), counting::allocations());
+    std::thread::spawn(|| (0..1000).map(Box::new).collect::<Vec<_>>().len())
+        .join()
+        .unwrap();
+    // Starting and joining a thread allocates a little here; the thousand boxes are not ours.
+    assert!(counting::thread_allocations() - mine < 100);
+    assert!(counting::allocations() - all >= 1000);
+}
+
+/// Allocations made by `f` (on this thread).
 fn allocations(f: impl FnOnce()) -> usize {
-    let before = counting::allocations();
+    let before = counting::thread_allocations();
     f();
-    counting::allocations() - before
+    counting::thread_allocations() - before
 }
 
 /// A client and a server connection in memory: `count` messages of `size` bytes in batches
