@@ -231,6 +231,9 @@ impl Echoes {
             }
             // Too many messages queued, however small: the sender waits for an empty queue.
             Err(SendError::QueueFull(_)) => true,
+            // The run is over (a timeout closed the client under the sender): its outcome
+            // says why, not this send.
+            Err(_) if self.done.load(Ordering::SeqCst) => false,
             Err(e) => {
                 *self
                     .send_error
@@ -462,4 +465,39 @@ fn start<T, E: std::fmt::Display>(
         }
     }
     Ok((echoes, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench(count: u64) -> Bench {
+        Bench {
+            count,
+            size: 100,
+            window: 1,
+            latency: false,
+            adapter: Adapter::Smol,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_send_that_fails_during_the_run_is_the_outcome() {
+        let echoes = Echoes::new(&bench(3));
+        let message = echoes.message();
+        assert!(!echoes.sent_held(Err(SendError::Closed(message))));
+        let failure = echoes.outcome(Duration::from_secs(1)).unwrap_err();
+        assert!(failure.0.starts_with("cannot send"), "{}", failure.0);
+    }
+
+    #[test]
+    fn a_send_that_fails_after_a_timeout_leaves_the_timeout_as_the_outcome() {
+        let echoes = Echoes::new(&bench(3));
+        echoes.finish();
+        let message = echoes.message();
+        assert!(!echoes.sent_held(Err(SendError::Closed(message))));
+        let failure = echoes.outcome(Duration::from_secs(1)).unwrap_err();
+        assert_eq!(failure.0, "timed out: 0 of 3 echoes came back");
+    }
 }
