@@ -102,7 +102,12 @@ fn main() {
 /// The placements of a round trip's two ends: a label and (client core, server core), or
 /// none where this process cannot choose its cores.
 fn placements() -> Vec<(&'static str, Option<(usize, usize)>)> {
-    match place::allowed_cpus()[..] {
+    let cpus = if place::can_pin() {
+        place::allowed_cpus()
+    } else {
+        Vec::new()
+    };
+    match cpus[..] {
         [] => vec![("ends placed by the scheduler", None)],
         [only] => vec![("ends on one core", Some((only, only)))],
         [first, second, ..] => vec![
@@ -312,6 +317,11 @@ mod place {
         sched_setaffinity(tid, &set)
     }
 
+    /// Whether the threads of a process can be listed (in `/proc`), so that all are pinned.
+    pub(crate) fn can_pin() -> bool {
+        std::fs::read_dir("/proc/self/task").is_ok()
+    }
+
     /// Runs the calling thread on `cpu` only.
     pub(crate) fn pin_thread(cpu: usize) {
         pin(None, &[cpu]).expect("the thread may run on its core");
@@ -336,6 +346,9 @@ mod place {
 mod place {
     pub(crate) fn allowed_cpus() -> Vec<usize> {
         Vec::new()
+    }
+    pub(crate) fn can_pin() -> bool {
+        false
     }
     pub(crate) fn pin_thread(_cpu: usize) {}
     pub(crate) fn pin_process(_pid: u32, _cpus: &[usize]) {}
