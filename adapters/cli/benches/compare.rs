@@ -74,8 +74,10 @@ fn main() {
 
     let trips = n(20_000);
     let server_pid = server.pid();
+    let mut pinned = false;
     for (ends, cores) in placements() {
         if let Some((client_core, server_core)) = cores {
+            pinned = true;
             place::pin_process(std::process::id(), &[client_core]);
             place::pin_process(server_pid, &[server_core]);
         }
@@ -90,9 +92,11 @@ fn main() {
             ours_median / raw_median
         );
     }
-    let all = place::allowed_cpus();
-    place::pin_process(std::process::id(), &all);
-    place::pin_process(server_pid, &all);
+    if pinned {
+        let all = place::allowed_cpus();
+        place::pin_process(std::process::id(), &all);
+        place::pin_process(server_pid, &all);
+    }
     println!(
         "\nflowee client heap allocations per 100 B message echoed (connect and setup included): \
          {per_message:.4}"
