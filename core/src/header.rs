@@ -45,8 +45,9 @@ pub const CUSTOM_TAG_MAX: u32 = 0xFF_FFFE;
 pub const MAX_HEADER_INTS: usize = 16;
 
 /// Custom header ints (tags 10..=0xFF_FFFE), kept sorted by tag with one value per tag, as the
-/// C++ `std::map` does. Fixed capacity: [`MAX_HEADER_INTS`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// C++ `std::map` does. Fixed capacity: [`MAX_HEADER_INTS`]. Equality and hashing look at the
+/// set tags only.
+#[derive(Clone, Copy, Default)]
 pub struct HeaderInts {
     len: u8,
     items: [(u32, i32); MAX_HEADER_INTS],
@@ -139,6 +140,11 @@ impl HeaderInts {
         Ok(self)
     }
 
+    /// Removes every tag.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// Removes `tag`; returns its value if it was set.
     pub fn remove(&mut self, tag: u32) -> Option<i32> {
         let i = self.find(tag).ok()?;
@@ -167,6 +173,21 @@ impl HeaderInts {
         self.items[i] = (tag, value);
         self.len += 1;
         Ok(())
+    }
+}
+
+// By hand: slots past `len` keep whatever `remove` or `clear` left there.
+impl PartialEq for HeaderInts {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for HeaderInts {}
+
+impl core::hash::Hash for HeaderInts {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
     }
 }
 
@@ -877,5 +898,35 @@ mod tests {
             format!("{:?}", HeaderInts::new().with(11, 1).unwrap()),
             "{11: 1}"
         );
+    }
+
+    #[test]
+    fn removed_ints_leave_no_trace_in_equality_or_hash() {
+        use core::hash::{Hash, Hasher};
+        let mut removed = HeaderInts::new().with(11, 1).unwrap().with(12, 2).unwrap();
+        removed.remove(12);
+        let built = HeaderInts::new().with(11, 1).unwrap();
+        assert_eq!(removed, built);
+        struct Sum(u64);
+        impl Hasher for Sum {
+            fn finish(&self) -> u64 {
+                self.0
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                for &b in bytes {
+                    self.0 = self.0.wrapping_mul(31).wrapping_add(u64::from(b));
+                }
+            }
+        }
+        let hash = |ints: &HeaderInts| {
+            let mut h = Sum(0);
+            ints.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&removed), hash(&built));
+        removed.clear();
+        assert!(removed.is_empty());
+        assert_eq!(removed, HeaderInts::new());
+        assert_eq!(hash(&removed), hash(&HeaderInts::new()));
     }
 }
