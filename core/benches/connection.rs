@@ -83,7 +83,7 @@ fn one_way(bencher: Bencher<'_, '_>, size: usize) {
                     client
                         .send(
                             now,
-                            Message::new(header, black_box(&body)),
+                            Message::new(&header, black_box(&body)),
                             Priority::Normal,
                         )
                         .unwrap();

@@ -345,7 +345,7 @@ fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Conf
                 } else {
                     Priority::Normal
                 };
-                let _ = c.send(now, Message::new(header, body), priority);
+                let _ = c.send(now, Message::new(&header, body), priority);
             }
             6 => {
                 // A partial write of what is offered.
@@ -363,14 +363,14 @@ fn run_connection<S: Storage>(s: &mut Script<'_>, connecting: bool, config: Conf
                 // The same message for many connections, encoded once.
                 let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
                 let n = usize::from(s.u16()) * 4;
-                if let Ok(m) = EncodedMessage::new(&Message::new(header, s.bytes(n))) {
+                if let Ok(m) = EncodedMessage::new(&Message::new(&header, s.bytes(n))) {
                     let _ = c.send_encoded(now, &m, Priority::Normal);
                 }
             }
             12 => {
                 let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
                 let n = usize::from(s.byte());
-                let _ = c.send_first(now, Message::new(header, s.bytes(n)));
+                let _ = c.send_first(now, Message::new(&header, s.bytes(n)));
             }
             13 => {
                 // Once closed, carry what was not sent over to a new connection.
@@ -522,7 +522,7 @@ pub fn node(data: &[u8]) {
                     let n = usize::from(s.byte());
                     let timeout = Duration::from_millis(u64::from(s.u16()));
                     let body = s.bytes(n);
-                    let _ = node.request(now, id, Message::new(Header::new(1, 1), body), timeout);
+                    let _ = node.request(now, id, Message::new(&Header::new(1, 1), body), timeout);
                 }
             }
             10 => node.ban(now, ip(s.byte())),
@@ -538,13 +538,13 @@ pub fn node(data: &[u8]) {
                 if let Some(id) = id {
                     let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
                     let n = usize::from(s.u16()) * 2;
-                    let _ = node.send(now, id, Message::new(header, s.bytes(n)), Priority::Normal);
+                    let _ = node.send(now, id, Message::new(&header, s.bytes(n)), Priority::Normal);
                 }
             }
             15 => {
                 let header = Header::new(i32::from(s.byte()), i32::from(s.byte()));
                 let n = usize::from(s.u16());
-                let message = Message::new(header, s.bytes(n));
+                let message = Message::new(&header, s.bytes(n));
                 let to: Vec<ConnId> = ids.clone();
                 node.broadcast(now, &message, Priority::Normal, to, |_, _| {});
             }

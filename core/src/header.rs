@@ -611,6 +611,13 @@ impl Parsing {
 /// The custom header ints of a header that [`parse`] accepted (first value of a tag wins).
 pub fn ints(header: &[u8]) -> HeaderInts {
     let mut ints = HeaderInts::new();
+    read_ints(header, &mut ints);
+    ints
+}
+
+/// [`ints`] into `ints` (cleared first), in place.
+pub(crate) fn read_ints(header: &[u8], ints: &mut HeaderInts) {
+    ints.clear();
     for token in Reader::new(header).map_while(Result::ok) {
         match token.tag {
             tags::HEADER_END => break,
@@ -623,7 +630,6 @@ pub fn ints(header: &[u8]) -> HeaderInts {
             _ => {}
         }
     }
-    ints
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@
 //!
 //! // Ask the server for its version: service 0, message 0, request id 1.
 //! let request = Header::new(0, 0).with_int(11, 1).unwrap();
-//! client.send(now, Message::new(request, &[]), Priority::Normal).unwrap();
+//! client.send(now, Message::new(&request, &[]), Priority::Normal).unwrap();
 //!
 //! let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
 //! let mut reply = None;
@@ -58,12 +58,12 @@
 //!             let mut header = Header::new(m.header.service_id, 1);
 //!             header.ints = m.header.ints;
 //!             let body = [0x0A, 0x02, b'o', b'k']; // tag 1, string "ok"
-//!             server.send(now, Message::new(header, &body), Priority::Normal).unwrap();
+//!             server.send(now, Message::new(&header, &body), Priority::Normal).unwrap();
 //!         }
 //!     }
 //!     while let Some(event) = client.poll_event() {
 //!         if let Event::Message(m) = event {
-//!             reply = Some((m.header, m.body.to_vec()));
+//!             reply = Some((*m.header, m.body.to_vec()));
 //!         }
 //!     }
 //!     // 4. Sleep until the earliest deadline (here: jump there), then handle it.

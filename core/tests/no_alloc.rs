@@ -33,12 +33,16 @@ fn messages_and_a_chunked_sequence_without_an_allocator() {
     client
         .send(
             now,
-            Message::new(Header::new(3, 1), b"small"),
+            Message::new(&Header::new(3, 1), b"small"),
             Priority::Normal,
         )
         .unwrap();
     client
-        .send(now, Message::new(Header::new(3, 2), &big), Priority::Normal)
+        .send(
+            now,
+            Message::new(&Header::new(3, 2), &big),
+            Priority::Normal,
+        )
         .unwrap();
 
     let (mut small, mut starts, mut received, mut checksum, mut ends) = (0, 0, 0usize, 0u64, 0);

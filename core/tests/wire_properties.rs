@@ -277,7 +277,7 @@ fn queued_messages_go_out_as_the_encoder_writes_them() {
         let mut expected = Vec::new();
         for AnyMessage(h, body) in msgs.iter().take(8) {
             FrameEncoder::new().encode(h, body, &mut expected).unwrap();
-            conn.send(now, Message::new(*h, body), Priority::Normal)
+            conn.send(now, Message::new(h, body), Priority::Normal)
                 .unwrap();
         }
         let mut sent = Vec::new();
@@ -315,7 +315,7 @@ fn any_write_sizes_give_whole_frames_and_true_counts() {
             } else {
                 Priority::Normal
             };
-            conn.send(now, Message::new(*h, body), priority).unwrap();
+            conn.send(now, Message::new(h, body), priority).unwrap();
             queued.push(Seen::Message(*h, body.clone()));
         }
         let mut sent = Vec::new();

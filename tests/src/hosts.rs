@@ -61,7 +61,7 @@ impl From<Event<'_>> for Received {
         match e {
             Event::Connected => Received::Connected,
             Event::Message(m) => Received::Message {
-                header: m.header,
+                header: *m.header,
                 body: m.body.to_vec(),
             },
             Event::SequenceStart { header, total } => Received::SequenceStart { header, total },

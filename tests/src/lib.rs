@@ -40,7 +40,7 @@
 //!         reply.add(1, self.total);
 //!         let mut h = Header::new(100, 1);
 //!         h.ints = header.ints; // copy the request id, like the Hub does
-//!         conn.send(now, Message::new(h, &reply.finish().unwrap()), Priority::Normal).unwrap();
+//!         conn.send(now, Message::new(&h, &reply.finish().unwrap()), Priority::Normal).unwrap();
 //!     }
 //! }
 //!
@@ -52,7 +52,7 @@
 //!     let mut body = Writer::new(Vec::new());
 //!     body.add(1, n);
 //!     let header = Header::new(100, 0).with_int(11, i as i32).unwrap();
-//!     client.conn().send(Instant::ZERO, Message::new(header, &body.finish().unwrap()), Priority::Normal).unwrap();
+//!     client.conn().send(Instant::ZERO, Message::new(&header, &body.finish().unwrap()), Priority::Normal).unwrap();
 //! }
 //! let client = sim.add_host("client", client);
 //! sim.connect(client, server, 0);

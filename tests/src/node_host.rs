@@ -138,7 +138,7 @@ impl NodeReceived {
                 handles,
             } => NodeReceived::Message {
                 id: *id,
-                header: message.header,
+                header: *message.header,
                 body: message.body.to_vec(),
                 handles: handles.indices().collect(),
             },
@@ -149,7 +149,7 @@ impl NodeReceived {
             } => NodeReceived::Reply {
                 id: *id,
                 request: *request,
-                header: message.header,
+                header: *message.header,
                 body: message.body.to_vec(),
             },
             Output::ReplyPart { id, request, event } => NodeReceived::ReplyPart {

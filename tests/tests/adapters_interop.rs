@@ -15,11 +15,11 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Echoes service 3 with the same header; answers others with message id + 1.
 fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
     let header = if req.message.header.service_id == 3 {
-        req.message.header
+        *req.message.header
     } else {
-        reply_header(&req.message.header)
+        reply_header(req.message.header)
     };
-    let _ = out.reply(Message::new(header, req.message.body));
+    let _ = out.reply(Message::new(&header, req.message.body));
 }
 
 /// A server of either adapter.
@@ -232,7 +232,7 @@ fn exchange(server_kind: Kind, client_kind: Kind) {
     // Small messages, and their echoes, in order.
     for i in 0..100 {
         c.send(Message::new(
-            Header::new(3, i),
+            &Header::new(3, i),
             format!("msg {i}").as_bytes(),
         ));
     }
@@ -244,12 +244,12 @@ fn exchange(server_kind: Kind, client_kind: Kind) {
 
     // A 1 MiB body both ways (sequences of 8000-byte chunks).
     let big: Vec<u8> = (0..1usize << 20).map(|i| (i * 7) as u8).collect();
-    c.send(Message::new(Header::new(3, 500), &big));
+    c.send(Message::new(&Header::new(3, 500), &big));
     let m = c.next_message(WAIT).expect("1 MiB echo");
     assert!(m.body[..] == big[..], "1 MiB intact");
 
     // Request/response, matched by RequestId.
-    let r = c.request(Message::new(Header::new(5, 8), b"question"));
+    let r = c.request(Message::new(&Header::new(5, 8), b"question"));
     assert_eq!(r.header.service_id, 5);
     assert_eq!(r.header.message_id, Some(9));
     assert_eq!(&r.body[..], b"question");
@@ -272,7 +272,10 @@ fn exchange(server_kind: Kind, client_kind: Kind) {
         matches!(e, NodeEvent::Closed { .. })
     });
     for i in 0..5 {
-        c.send(Message::new(Header::new(3, 1000 + i), b"queued while down"));
+        c.send(Message::new(
+            &Header::new(3, 1000 + i),
+            b"queued while down",
+        ));
     }
     let mut s = server(server_kind, addr);
     for i in 0..5 {

@@ -68,7 +68,7 @@ fn connection_pair(size: usize, count: usize, batch: usize) {
                 client
                     .send(
                         now,
-                        Message::new(Header::new(3, 2), &body),
+                        Message::new(&Header::new(3, 2), &body),
                         Priority::Normal,
                     )
                     .unwrap();
@@ -121,7 +121,7 @@ impl Service for Pump {
         self.echoed.fetch_add(1, Ordering::Relaxed);
         if self.left.load(Ordering::Relaxed) > 0 {
             self.left.fetch_sub(1, Ordering::Relaxed);
-            out.reply(Message::new(Header::new(3, 2), &self.body))
+            out.reply(Message::new(&Header::new(3, 2), &self.body))
                 .unwrap();
         }
     }
@@ -165,7 +165,7 @@ fn node_pair_with_services(size: usize, count: u64, window: usize) {
                 .send(
                     now,
                     cid,
-                    Message::new(Header::new(3, 2), &body),
+                    Message::new(&Header::new(3, 2), &body),
                     Priority::Normal,
                 )
                 .unwrap();

@@ -194,7 +194,7 @@ fn hand_over(sim: &mut Sim, chain: &mut Chain, sends: &[Send]) -> Result<(), Str
         let b = body(i, sends[i].len);
         outbox
             .send(
-                Message::new(Header::new(5, i as i32), &b),
+                Message::new(&Header::new(5, i as i32), &b),
                 priority(sends[i].high),
             )
             .map_err(|_| format!("message {i} refused by the outbox"))?;
@@ -249,12 +249,12 @@ fn run(s: &Scenario) -> Result<Vec<Done>, String> {
             let c = sim.host_mut::<ConnectionHost>(client).conn();
             match c.send(
                 at,
-                Message::new(Header::new(5, i as i32), &b),
+                Message::new(&Header::new(5, i as i32), &b),
                 priority(high),
             ) {
                 Ok(()) => chain.links.last_mut().unwrap().queue[usize::from(high)].push(i),
                 Err(SendError::Closed(m)) => {
-                    assert_eq!((m.header, m.body), (Header::new(5, i as i32), &b[..]));
+                    assert_eq!((*m.header, m.body), (Header::new(5, i as i32), &b[..]));
                     chain.refused.push(i);
                 }
                 Err(_) => panic!("message {i} ({len} bytes, high: {high}) refused"),

@@ -126,7 +126,7 @@ fn run(s: &Scenario) -> Result<(), String> {
                 Priority::Normal
             };
             let c = sim.host_mut::<ConnectionHost>(host).conn();
-            c.send(at, Message::new(Header::new(5, i as i32), &b), prio)
+            c.send(at, Message::new(&Header::new(5, i as i32), &b), prio)
                 .expect("queues are large enough");
         });
     }

@@ -132,13 +132,13 @@ fn twenty_megabytes_with_pings_and_messages_in_between() {
         let c = sim.host_mut::<ConnectionHost>(client).conn();
         c.send(
             ms(10),
-            Message::new(Header::new(7, 1), &big_copy),
+            Message::new(&Header::new(7, 1), &big_copy),
             Priority::Normal,
         )
         .unwrap();
         c.send(
             ms(10),
-            Message::new(Header::new(7, 3), b"after"),
+            Message::new(&Header::new(7, 3), b"after"),
             Priority::Normal,
         )
         .unwrap();
@@ -148,14 +148,14 @@ fn twenty_megabytes_with_pings_and_messages_in_between() {
         assert!(c.stats().queued_bytes > 1_000_000, "still sending at 1.5 s");
         c.send(
             ms(1500),
-            Message::new(Header::new(7, 2), b"urgent"),
+            Message::new(&Header::new(7, 2), b"urgent"),
             Priority::High,
         )
         .unwrap();
         // A normal message queued in the middle of the transfer waits its turn (FIFO).
         c.send(
             ms(1500),
-            Message::new(Header::new(7, 4), b"queued in the middle"),
+            Message::new(&Header::new(7, 4), b"queued in the middle"),
             Priority::Normal,
         )
         .unwrap();
@@ -610,7 +610,7 @@ fn a_full_queue_returns_the_message() {
     for i in 0..3 {
         c.send(
             Instant::ZERO,
-            Message::new(Header::new(1, i), b"queued"),
+            Message::new(&Header::new(1, i), b"queued"),
             Priority::Normal,
         )
         .unwrap();
@@ -618,11 +618,11 @@ fn a_full_queue_returns_the_message() {
     let body = b"the fourth".to_vec();
     match c.send(
         Instant::ZERO,
-        Message::new(Header::new(1, 3), &body),
+        Message::new(&Header::new(1, 3), &body),
         Priority::Normal,
     ) {
         Err(SendError::QueueFull(m)) => {
-            assert_eq!((m.header, m.body), (Header::new(1, 3), &body[..]))
+            assert_eq!((*m.header, m.body), (Header::new(1, 3), &body[..]))
         }
         other => panic!("expected QueueFull, got {other:?}"),
     }
@@ -632,7 +632,7 @@ fn a_full_queue_returns_the_message() {
     let c = sim.host_mut::<ConnectionHost>(client).conn();
     c.send(
         secs(1),
-        Message::new(Header::new(1, 3), &body),
+        Message::new(&Header::new(1, 3), &body),
         Priority::Normal,
     )
     .unwrap();
@@ -666,8 +666,12 @@ fn busy_run(seed: u64) -> (u64, u64) {
                 b
             };
             let c = sim.host_mut::<ConnectionHost>(client).conn();
-            c.send(ms(i * 37), Message::new(Header::new(9, i as i32), &b), prio)
-                .unwrap();
+            c.send(
+                ms(i * 37),
+                Message::new(&Header::new(9, i as i32), &b),
+                prio,
+            )
+            .unwrap();
         });
     }
     sim.run_until(secs(30)).unwrap();
@@ -702,7 +706,7 @@ fn chunked_delivery_receives_a_megabyte_on_a_small_device() {
         let h = sim.host_mut::<ConnectionHost>(hub).conn();
         h.send(
             ms(100),
-            Message::new(Header::new(1, 5), &copy),
+            Message::new(&Header::new(1, 5), &copy),
             Priority::Normal,
         )
         .unwrap();

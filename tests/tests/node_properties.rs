@@ -71,7 +71,8 @@ impl NodeApp for Asker {
         self.peak_queued = self.peak_queued.max(u.queued_outputs);
         self.peak_slots = self.peak_slots.max(u.slots);
         if let NodeReceived::Message { id, .. } = output {
-            let ask = Message::new(Header::new(4, 100), b"?");
+            let header = Header::new(4, 100);
+            let ask = Message::new(&header, b"?");
             if node.request(now, *id, ask, Duration::from_secs(20)).is_ok() {
                 self.asked += 1;
             }
@@ -237,7 +238,7 @@ fn run(mix: &Mix) -> Result<flowee_proto::node::NodeUsage, String> {
                         node.send(
                             at,
                             id,
-                            Message::new(Header::new(4, i32::from(k)), &[k; 100]),
+                            Message::new(&Header::new(4, i32::from(k)), &[k; 100]),
                             Priority::Normal,
                         )
                         .unwrap();

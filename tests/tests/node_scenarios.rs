@@ -40,7 +40,7 @@ impl NodeApp for Echo {
         }
         let mut reply = Header::new(header.service_id, header.message_id.unwrap_or(0) + 1);
         reply.ints = header.ints;
-        let _ = node.send(now, *id, Message::new(reply, body), Priority::Normal);
+        let _ = node.send(now, *id, Message::new(&reply, body), Priority::Normal);
     }
 }
 
@@ -165,7 +165,7 @@ fn a_misbehaving_peer_is_banned_across_reconnects_until_the_ban_expires() {
                 node.send(
                     sim_now(t),
                     id,
-                    Message::new(Header::new(5, 0), b"hi"),
+                    Message::new(&Header::new(5, 0), b"hi"),
                     Priority::Normal,
                 )
                 .unwrap();
@@ -317,7 +317,7 @@ fn a_client_reconnects_with_the_cpp_backoff_and_sends_what_was_queued() {
         node.send(
             Instant::ZERO,
             id,
-            Message::new(Header::new(9, i), b"queued"),
+            Message::new(&Header::new(9, i), b"queued"),
             Priority::Normal,
         )
         .unwrap();
@@ -365,7 +365,7 @@ fn a_broadcast_to_fifty_peers_arrives_once_at_each() {
     let mut refused = Vec::new();
     let queued = node.broadcast(
         secs(1),
-        &Message::new(Header::new(18, 4), b"new block 700001"),
+        &Message::new(&Header::new(18, 4), b"new block 700001"),
         Priority::Normal,
         targets,
         |id, e| refused.push((id, e)),
@@ -423,7 +423,7 @@ fn a_thousand_concurrent_requests_are_matched_and_time_out() {
             .request(
                 Instant::ZERO,
                 id,
-                Message::new(Header::new(3, 0), &body),
+                Message::new(&Header::new(3, 0), &body),
                 Duration::from_secs(10),
             )
             .unwrap();
@@ -484,7 +484,7 @@ fn a_large_reply_to_a_chunked_client_comes_as_reply_parts() {
         .request(
             Instant::ZERO,
             id,
-            Message::new(Header::new(3, 0), &body),
+            Message::new(&Header::new(3, 0), &body),
             Duration::from_secs(10),
         )
         .unwrap();
@@ -543,7 +543,7 @@ fn a_stale_connection_id_is_refused() {
         node.send(
             secs(2),
             old,
-            Message::new(Header::new(1, 1), b""),
+            Message::new(&Header::new(1, 1), b""),
             Priority::Normal
         ),
         Err(SendError::UnknownConnection(_))
@@ -641,7 +641,7 @@ fn a_server_that_accepts_and_drops_at_once_is_not_hammered() {
         .send(
             Instant::ZERO,
             id,
-            Message::new(Header::new(9, 0), b"queued"),
+            Message::new(&Header::new(9, 0), b"queued"),
             Priority::Normal,
         )
         .unwrap();

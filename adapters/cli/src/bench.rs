@@ -189,7 +189,7 @@ impl Echoes {
     }
 
     fn message(&self) -> Message<'_> {
-        Message::new(self.header, &self.body)
+        Message::new(&self.header, &self.body)
     }
 
     /// How many to send before the first echo.

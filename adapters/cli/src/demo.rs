@@ -141,7 +141,10 @@ pub async fn demo_from(peer: Ipv4Addr) -> Result<(), Failure> {
 
     // 1. Request and response, matched by RequestId.
     let v = client
-        .request(Message::new(Header::new(0, 0), &[]), Duration::from_secs(5))
+        .request(
+            Message::new(&Header::new(0, 0), &[]),
+            Duration::from_secs(5),
+        )
         .await
         .map_err(fail)?;
     let text = flowee_proto::cmf::Reader::new(&v.body)
@@ -160,7 +163,7 @@ pub async fn demo_from(peer: Ipv4Addr) -> Result<(), Failure> {
     let before = client.stats().map_or(0, |s| s.frames_out);
     let reply = client
         .request(
-            Message::new(Header::new(3, 4), &big),
+            Message::new(&Header::new(3, 4), &big),
             Duration::from_secs(10),
         )
         .await
@@ -215,7 +218,7 @@ pub async fn demo_from(peer: Ipv4Addr) -> Result<(), Failure> {
     for i in 0..3 {
         client
             .send(
-                Message::new(Header::new(3, 10 + i), format!("queued #{i}").as_bytes()),
+                Message::new(&Header::new(3, 10 + i), format!("queued #{i}").as_bytes()),
                 Priority::Normal,
             )
             .map_err(fail)?;

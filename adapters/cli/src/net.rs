@@ -47,8 +47,8 @@ pub fn version_service(req: &Request<'_>, out: &mut Responder<'_>) {
     let mut body = flowee_proto::cmf::Writer::new(Vec::new());
     body.add(1, version_string().as_str());
     if let Ok(body) = body.finish() {
-        let header = flowee_smol::reply_header(&req.message.header);
-        let _ = out.reply(Message::new(header, &body));
+        let header = flowee_smol::reply_header(req.message.header);
+        let _ = out.reply(Message::new(&header, &body));
     }
 }
 
@@ -179,7 +179,7 @@ pub async fn call(addr: &str, call: &Call) -> Result<String, Failure> {
     let mut incoming = client.incoming();
     let mut events = client.events();
     client
-        .send(Message::new(header, &call.body), Priority::Normal)
+        .send(Message::new(&header, &call.body), Priority::Normal)
         .map_err(|e| fail(format!("cannot send: {e}")))?;
     let wanted = call.request_id;
     let reply = async {
@@ -268,7 +268,7 @@ pub async fn version(addr: &str, wait: Duration) -> Result<String, Failure> {
     let client = connect(addr, &deadline).await?;
     let request = async {
         match client
-            .request(Message::new(Header::new(0, 0), &[]), deadline.left())
+            .request(Message::new(&Header::new(0, 0), &[]), deadline.left())
             .await
         {
             Ok(reply) => Ok(reply),

@@ -273,7 +273,7 @@ async fn good_raw(
             let body = good_body(client, report.sent);
             let header = Header::new(7, 1);
             if conn
-                .send(clock(), Message::new(header, &body), Priority::Normal)
+                .send(clock(), Message::new(&header, &body), Priority::Normal)
                 .is_ok()
             {
                 report.sent += 1;
@@ -387,7 +387,7 @@ async fn good_smol(
         report.sent += 1;
         match c
             .request(
-                Message::new(Header::new(8, 1), &body),
+                Message::new(&Header::new(8, 1), &body),
                 Duration::from_secs(20),
             )
             .await

@@ -45,8 +45,8 @@
 //!     // A server answering service 3 with "ok", keeping the request id.
 //!     let server = Server::bind("127.0.0.1:0", NodeConfig::default()).await?;
 //!     server.handle(3, None, |req: &Request<'_>, out: &mut Responder<'_>| {
-//!         let reply = reply_header(&req.message.header);
-//!         let _ = out.reply(Message::new(reply, b"\x0a\x02ok"));
+//!         let reply = reply_header(req.message.header);
+//!         let _ = out.reply(Message::new(&reply, b"\x0a\x02ok"));
 //!     })?;
 //!
 //!     let stream = smol::Async::<std::net::TcpStream>::connect(server.local_addr()).await?;
@@ -55,7 +55,8 @@
 //!     let mut client: Client<_, _> = Client::new(FromFutures::new(stream), clock, Config::default());
 //!
 //!     let request = Header::new(3, 2).with_int(11, 1)?;
-//!     client.send(Message::new(request, b""), Priority::Normal)?;
+//!     // An error gives the message back; `map(drop)` keeps the reason only.
+//!     client.send(Message::new(&request, b""), Priority::Normal).map_err(|e| e.map(drop))?;
 //!     let deadline = client.clock().now() + Duration::from_secs(10);
 //!     loop {
 //!         match client.next_before(deadline).await? {

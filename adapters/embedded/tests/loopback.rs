@@ -70,8 +70,8 @@ async fn echo_server(config: NodeConfig) -> Server {
     let server = Server::bind("127.0.0.1:0", config).await.expect("bind");
     server
         .handle(3, None, |req: &Request<'_>, out: &mut Responder<'_>| {
-            let reply = reply_header(&req.message.header);
-            let _ = out.reply(Message::new(reply, req.message.body));
+            let reply = reply_header(req.message.header);
+            let _ = out.reply(Message::new(&reply, req.message.body));
         })
         .expect("handle");
     server
@@ -108,7 +108,7 @@ fn small_messages_both_ways() {
         for i in 0..5u8 {
             let body = [b'm', i];
             client
-                .send(Message::new(Header::new(3, 2), &body), Priority::Normal)
+                .send(Message::new(&Header::new(3, 2), &body), Priority::Normal)
                 .unwrap();
         }
         for i in 0..5u8 {
@@ -132,7 +132,7 @@ fn small_messages_both_ways() {
         .await;
         server
             .replier(id)
-            .send(Message::new(Header::new(7, 1), b"push"), Priority::High)
+            .send(Message::new(&Header::new(7, 1), b"push"), Priority::High)
             .unwrap();
         match next(&mut client).await {
             Event::Message(m) => {
@@ -178,14 +178,14 @@ fn large_reply_arrives_chunk_by_chunk_in_fixed_memory() {
             .unwrap();
         server
             .handle(3, Some(4), |req: &Request<'_>, out: &mut Responder<'_>| {
-                let reply = reply_header(&req.message.header);
-                let _ = out.reply(Message::new(reply, &pattern(1 << 20)));
+                let reply = reply_header(req.message.header);
+                let _ = out.reply(Message::new(&reply, &pattern(1 << 20)));
             })
             .unwrap();
         let mut client = client(server.local_addr(), Config::default()).await;
         let request = Header::new(3, 4).with_int(11, 42).unwrap();
         client
-            .send(Message::new(request, b""), Priority::Normal)
+            .send(Message::new(&request, b""), Priority::Normal)
             .unwrap();
 
         let expected = pattern(1 << 20);
@@ -232,7 +232,7 @@ fn requests_match_replies_by_request_id() {
             let header = Header::new(3, 8).with_int(11, id).unwrap();
             let body = [id as u8; 3];
             client
-                .send(Message::new(header, &body), Priority::Normal)
+                .send(Message::new(&header, &body), Priority::Normal)
                 .unwrap();
         }
         client.flush().await.unwrap();
@@ -293,7 +293,10 @@ fn queued_messages_survive_a_server_restart() {
         let mut client = client(addr, Config::default()).await;
         assert_eq!(next(&mut client).await, Event::Connected);
         client
-            .send(Message::new(Header::new(5, 1), b"before"), Priority::Normal)
+            .send(
+                Message::new(&Header::new(5, 1), b"before"),
+                Priority::Normal,
+            )
             .unwrap();
         client.flush().await.unwrap();
         assert_eq!(within("first message", rx.recv()).await.unwrap(), b"before");
@@ -313,7 +316,7 @@ fn queued_messages_survive_a_server_restart() {
         // Disconnected: messages queue for the next connection.
         for body in [&b"queued 1"[..], b"queued 2"] {
             client
-                .send(Message::new(Header::new(5, 1), body), Priority::Normal)
+                .send(Message::new(&Header::new(5, 1), body), Priority::Normal)
                 .unwrap();
         }
         assert_eq!(client.stats().queued_normal, 2);

@@ -72,15 +72,15 @@ impl Peer {
         let mut replies = Vec::new();
         while let Some(event) = self.server.poll_event() {
             if let Event::Message(m) = event {
-                self.received.push((m.header, m.body.to_vec()));
+                self.received.push((*m.header, m.body.to_vec()));
                 if self.echo {
-                    replies.push((m.header, m.body.to_vec()));
+                    replies.push((*m.header, m.body.to_vec()));
                 }
             }
         }
         for (header, body) in replies {
             self.server
-                .send(now, Message::new(header, &body), Priority::Normal)
+                .send(now, Message::new(&header, &body), Priority::Normal)
                 .unwrap();
         }
         while let Some(data) = self.server.poll_transmit() {
@@ -174,7 +174,7 @@ fn partial_writes_and_tiny_reads_keep_the_stream_intact() {
         for (i, b) in bodies.iter().enumerate() {
             let header = Header::new(3, i as i32);
             client
-                .send(Message::new(header, b), Priority::Normal)
+                .send(Message::new(&header, b), Priority::Normal)
                 .unwrap();
         }
         for (i, b) in bodies.iter().enumerate() {
@@ -189,7 +189,7 @@ fn partial_writes_and_tiny_reads_keep_the_stream_intact() {
         // The largest body that goes in one frame.
         let big = body(8000, 4);
         client
-            .send(Message::new(Header::new(3, 9), &big), Priority::Normal)
+            .send(Message::new(&Header::new(3, 9), &big), Priority::Normal)
             .unwrap();
         match next(&mut client).await {
             Event::Message(m) => assert_eq!(m.body, &big[..]),
@@ -213,7 +213,11 @@ async fn receive_sequence<const READ: usize>(max_read: usize) {
     let peer = client.io_mut();
     let now = peer.clock.now();
     peer.server
-        .send(now, Message::new(Header::new(9, 1), &big), Priority::Normal)
+        .send(
+            now,
+            Message::new(&Header::new(9, 1), &big),
+            Priority::Normal,
+        )
         .unwrap();
     peer.pump();
 
@@ -279,7 +283,7 @@ fn a_stalled_write_loses_to_the_pong_deadline_and_the_message_survives() {
         let mut client: TestClient = client(config, |peer| peer.stall_writes = true);
         assert_eq!(next(&mut client).await, Event::Connected);
         client
-            .send(Message::new(Header::new(5, 1), b"later"), Priority::Normal)
+            .send(Message::new(&Header::new(5, 1), b"later"), Priority::Normal)
             .unwrap();
         assert_eq!(
             next(&mut client).await,
@@ -326,7 +330,7 @@ fn socket_errors_come_back_once_then_the_close() {
         let mut client = client_with_failing_write();
         assert_eq!(next(&mut client).await, Event::Connected);
         client
-            .send(Message::new(Header::new(5, 1), b"x"), Priority::Normal)
+            .send(Message::new(&Header::new(5, 1), b"x"), Priority::Normal)
             .unwrap();
         assert!(matches!(
             client.next().await,
@@ -359,7 +363,7 @@ fn eof_after_data_delivers_the_data_first() {
         peer.server
             .send(
                 now,
-                Message::new(Header::new(9, 2), b"last words"),
+                Message::new(&Header::new(9, 2), b"last words"),
                 Priority::Normal,
             )
             .unwrap();
@@ -377,7 +381,10 @@ fn eof_after_data_delivers_the_data_first() {
         );
         // Messages sent now wait for a reconnect.
         client
-            .send(Message::new(Header::new(5, 1), b"queued"), Priority::Normal)
+            .send(
+                Message::new(&Header::new(5, 1), b"queued"),
+                Priority::Normal,
+            )
             .unwrap();
         assert!(!client.is_connected());
         let clock = client.clock().clone();
@@ -394,7 +401,7 @@ fn a_client_can_start_before_its_socket_is_connected() {
         let mut client: TestClient =
             Client::new_disconnected(Peer::new(&clock), clock.clone(), Config::default());
         client
-            .send(Message::new(Header::new(5, 1), b"early"), Priority::Normal)
+            .send(Message::new(&Header::new(5, 1), b"early"), Priority::Normal)
             .unwrap();
         assert!(!client.is_connected());
         assert!(matches!(client.next().await, Err(Error::Closed)));

@@ -222,6 +222,8 @@ pub struct Dispatch {
     waiters: BTreeMap<RequestId, Waiter>,
     listeners: Vec<Listener>,
     peers: BTreeMap<ConnId, SocketAddr>,
+    /// The header of the message being handed to services, copied out of the node.
+    header: Header,
     /// Small message bodies, copied here so services can use the node while they look at them.
     scratch: Vec<u8>,
     /// Large (reassembled) message bodies, traded here by [`Node::take_body`] instead of
@@ -240,6 +242,7 @@ impl Default for Dispatch {
             waiters: BTreeMap::new(),
             listeners: Vec::new(),
             peers: BTreeMap::new(),
+            header: Header::default(),
             scratch: Vec::new(),
             lent: Vec::new(),
             parts: BTreeMap::new(),
@@ -336,45 +339,47 @@ impl Dispatch {
                     message,
                     handles,
                 } => {
-                    // Services may use the node to reply while they look at the body, so it
-                    // leaves the node first: small bodies are copied into a reused buffer,
-                    // reassembled ones (the only ones this long) traded without a copy.
-                    let header = message.header;
-                    let lend = message.body.len() >= MAX_FRAME_LEN;
-                    let mut body = std::mem::take(&mut self.scratch);
-                    let mut lent = std::mem::take(&mut self.lent);
-                    let len = if lend {
-                        match node.take_body(id, &mut lent) {
-                            Some(n) => n,
+                    // Services may use the node to reply while they look at the message, so
+                    // it leaves the node first: the header and small bodies are copied into
+                    // reused buffers, reassembled bodies (the only ones this long) traded
+                    // without a copy.
+                    let Dispatch {
+                        sinks,
+                        unclaimed,
+                        peers,
+                        header,
+                        scratch,
+                        lent,
+                        ..
+                    } = self;
+                    *header = *message.header;
+                    let body: &[u8] = if message.body.len() >= MAX_FRAME_LEN {
+                        match node.take_body(id, lent) {
+                            Some(len) => &lent[..len],
                             // Cannot happen: only a sequence makes a body this long, and the
                             // node's heap storage always lends it.
-                            None => {
-                                (self.scratch, self.lent) = (body, lent);
-                                continue;
-                            }
+                            None => continue,
                         }
                     } else {
-                        body.clear();
-                        body.extend_from_slice(message.body);
-                        body.len()
+                        scratch.clear();
+                        scratch.extend_from_slice(message.body);
+                        scratch
                     };
                     let request = Request {
                         connection: id,
-                        peer: self.peers.get(&id).copied(),
-                        message: Message::new(header, if lend { &lent[..len] } else { &body }),
+                        peer: peers.get(&id).copied(),
+                        message: Message::new(header, body),
                     };
                     if handles.is_empty() {
-                        if let Some(s) = &self.unclaimed {
+                        if let Some(s) = unclaimed {
                             s.call(&request, &mut Responder::new(node, id, now));
                         }
                     }
                     for i in handles.indices() {
-                        if let Some(s) = &self.sinks[i] {
+                        if let Some(s) = &sinks[i] {
                             s.call(&request, &mut Responder::new(node, id, now));
                         }
                     }
-                    self.scratch = body;
-                    self.lent = lent;
                 }
                 Output::Reply {
                     request, message, ..
@@ -472,7 +477,7 @@ mod tests {
             h,
             Some(Arc::new(|req: &Request<'_>, out: &mut Responder<'_>| {
                 let _ = out.reply(Message::new(
-                    reply_header(&req.message.header),
+                    &reply_header(req.message.header),
                     req.message.body,
                 ));
             })),
@@ -522,7 +527,7 @@ mod tests {
     /// Replies with the request's body.
     fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
         let _ = out.reply(Message::new(
-            reply_header(&req.message.header),
+            &reply_header(req.message.header),
             req.message.body,
         ));
     }

@@ -15,13 +15,13 @@
 //!     // A server that answers service 3, like the Hub's "Util" service.
 //!     let server = Server::bind("127.0.0.1:0", NodeConfig::default()).await?;
 //!     server.handle(3, None, |req: &flowee_smol::Request<'_>, out: &mut flowee_smol::Responder<'_>| {
-//!         let reply = flowee_smol::reply_header(&req.message.header);
-//!         let _ = out.reply(Message::new(reply, b"\x0a\x02ok"));
+//!         let reply = flowee_smol::reply_header(req.message.header);
+//!         let _ = out.reply(Message::new(&reply, b"\x0a\x02ok"));
 //!     })?;
 //!
 //!     let client = Client::connect(server.local_addr(), NodeConfig::default()).await?;
 //!     let reply = client
-//!         .request(Message::new(Header::new(3, 2), b""), Duration::from_secs(5))
+//!         .request(Message::new(&Header::new(3, 2), b""), Duration::from_secs(5))
 //!         .await?;
 //!     assert_eq!(reply.header.message_id, Some(3));
 //!     server.shutdown().await;

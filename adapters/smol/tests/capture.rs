@@ -77,7 +77,7 @@ fn the_client_writes_the_cpp_bytes() {
     for (name, wire) in &cases {
         let (header, body) = message_of(wire);
         client
-            .send(Message::new(header, &body), Priority::Normal)
+            .send(Message::new(&header, &body), Priority::Normal)
             .unwrap();
         let mut got = vec![0; wire.len()];
         socket.read_exact(&mut got).unwrap();

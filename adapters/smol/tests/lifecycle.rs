@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
     let _ = out.reply(Message::new(
-        reply_header(&req.message.header),
+        &reply_header(req.message.header),
         req.message.body,
     ));
 }
@@ -28,7 +28,7 @@ fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
 async fn assert_echoes(addr: SocketAddr, body: &[u8]) {
     let client = Client::connect(addr, NodeConfig::default()).await.unwrap();
     let reply = client
-        .request(Message::new(Header::new(3, 2), body), WAIT)
+        .request(Message::new(&Header::new(3, 2), body), WAIT)
         .await
         .unwrap();
     assert_eq!(&reply.body[..], body);
@@ -76,7 +76,7 @@ fn queue_32_mib(client: &Client) {
     let body = vec![0x5a; 1 << 20];
     for i in 0..32 {
         client
-            .send(Message::new(Header::new(4, i), &body), Priority::Normal)
+            .send(Message::new(&Header::new(4, i), &body), Priority::Normal)
             .unwrap();
     }
 }
@@ -171,7 +171,7 @@ fn shutdown_writes_what_is_queued_first() {
             let body = body_of(i, 16 * 1024);
             replier
                 .send(
-                    Message::new(Header::new(9, i as i32), &body),
+                    Message::new(&Header::new(9, i as i32), &body),
                     Priority::Normal,
                 )
                 .unwrap();
@@ -212,7 +212,7 @@ fn dropping_a_client_writes_what_is_queued_first() {
         for i in 0..COUNT {
             client
                 .send(
-                    Message::new(Header::new(9, i as i32), &body_of(i, LEN)),
+                    Message::new(&Header::new(9, i as i32), &body_of(i, LEN)),
                     Priority::Normal,
                 )
                 .unwrap();
@@ -244,11 +244,11 @@ fn a_full_queue_gives_the_message_back() {
         loop {
             assert!(Instant::now() < end, "the queue never filled");
             let header = Header::new(4, accepted as i32);
-            match client.send(Message::new(header, &body), Priority::Normal) {
+            match client.send(Message::new(&header, &body), Priority::Normal) {
                 Ok(()) => accepted += 1,
                 Err(SendError::QueueFull(m)) => {
                     // The very message comes back, body not copied.
-                    assert_eq!(m.header, header);
+                    assert_eq!(*m.header, header);
                     assert!(std::ptr::eq(m.body, &body[..]));
                     break;
                 }
@@ -262,7 +262,10 @@ fn a_full_queue_gives_the_message_back() {
         go_tx.send(()).unwrap();
         let end = Instant::now() + WAIT;
         while client
-            .send(Message::new(Header::new(4, -1), b"again"), Priority::Normal)
+            .send(
+                Message::new(&Header::new(4, -1), b"again"),
+                Priority::Normal,
+            )
             .is_err()
         {
             assert!(Instant::now() < end, "the queue never drained");
@@ -356,7 +359,7 @@ fn drain_to_waits_while_reconnecting_and_ends_at_close() {
         )
         .await;
         client
-            .send(Message::new(Header::new(4, 1), b"later"), Priority::Normal)
+            .send(Message::new(&Header::new(4, 1), b"later"), Priority::Normal)
             .unwrap();
         // What is queued waits for a connection that never comes.
         let mut drained = std::pin::pin!(client.drain_to(0));

@@ -24,7 +24,7 @@ fn echo_small_and_large() {
             .unwrap();
         let reply = client
             .request(
-                Message::new(Header::new(3, 2), b"hello"),
+                Message::new(&Header::new(3, 2), b"hello"),
                 Duration::from_secs(5),
             )
             .await
@@ -33,7 +33,7 @@ fn echo_small_and_large() {
         let big: Vec<u8> = (0..(1usize << 20)).map(|i| i as u8).collect();
         let reply = client
             .request(
-                Message::new(Header::new(3, 4), &big),
+                Message::new(&Header::new(3, 4), &big),
                 Duration::from_secs(5),
             )
             .await
@@ -41,7 +41,7 @@ fn echo_small_and_large() {
         assert!(reply.body == big);
         let mut sub = client.subscribe(3).unwrap();
         client
-            .send(Message::new(Header::new(3, 7), b"sub"), Priority::Normal)
+            .send(Message::new(&Header::new(3, 7), b"sub"), Priority::Normal)
             .unwrap();
         let m = sub.next().await.unwrap();
         assert_eq!(&m.body[..], b"sub");
@@ -63,7 +63,7 @@ fn chunked_reply_comes_back_whole() {
         for id in [2, 4] {
             let reply = client
                 .request(
-                    Message::new(Header::new(3, id), &big),
+                    Message::new(&Header::new(3, id), &big),
                     Duration::from_secs(5),
                 )
                 .await
@@ -97,7 +97,7 @@ fn the_smallest_receive_buffers_still_carry_everything() {
         for (i, body) in bodies.iter().enumerate() {
             client
                 .send(
-                    Message::new(Header::new(3, i as i32), body),
+                    Message::new(&Header::new(3, i as i32), body),
                     Priority::Normal,
                 )
                 .unwrap();

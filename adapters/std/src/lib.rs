@@ -21,13 +21,13 @@
 //! // A server that echoes service 3, answering with message id + 1 like the Hub.
 //! let server = Server::bind("127.0.0.1:0", NodeConfig::default())?;
 //! server.handle(3, None, |req: &Request<'_>, out: &mut Responder<'_>| {
-//!     let reply = flowee_std::reply_header(&req.message.header);
-//!     let _ = out.reply(Message::new(reply, req.message.body));
+//!     let reply = flowee_std::reply_header(req.message.header);
+//!     let _ = out.reply(Message::new(&reply, req.message.body));
 //! })?;
 //!
 //! let client = Client::connect(server.local_addr(), NodeConfig::default())?;
 //! let body = b"\x0a\x02hi"; // tag 1, string "hi"
-//! let reply = client.request(Message::new(Header::new(3, 2), body), Duration::from_secs(5))?;
+//! let reply = client.request(Message::new(&Header::new(3, 2), body), Duration::from_secs(5))?;
 //! assert_eq!(reply.header.message_id, Some(3));
 //! assert_eq!(&reply.body[..], body);
 //!

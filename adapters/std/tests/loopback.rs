@@ -21,7 +21,7 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Replies with the request's body, on message id + 1 with the request id copied.
 fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
     let _ = out.reply(Message::new(
-        reply_header(&req.message.header),
+        &reply_header(req.message.header),
         req.message.body,
     ));
 }
@@ -88,7 +88,7 @@ fn queue_32_mib(client: &Client) {
     let body = vec![0x5a; 1 << 20];
     for i in 0..32 {
         client
-            .send(Message::new(Header::new(4, i), &body), Priority::Normal)
+            .send(Message::new(&Header::new(4, i), &body), Priority::Normal)
             .unwrap();
     }
 }
@@ -103,7 +103,7 @@ fn echo_small_and_one_mebibyte_messages() {
     let client = Client::connect(server.local_addr(), NodeConfig::default()).unwrap();
 
     let reply = client
-        .request(Message::new(Header::new(3, 2), b"hello"), WAIT)
+        .request(Message::new(&Header::new(3, 2), b"hello"), WAIT)
         .unwrap();
     assert_eq!(reply.header.service_id, 3);
     assert_eq!(reply.header.message_id, Some(3));
@@ -112,7 +112,7 @@ fn echo_small_and_one_mebibyte_messages() {
     // 1 MiB goes out as a sequence of chunks and comes back joined.
     let big = body_of(7, 1 << 20);
     let reply = client
-        .request(Message::new(Header::new(3, 4), &big), WAIT)
+        .request(Message::new(&Header::new(3, 4), &big), WAIT)
         .unwrap();
     assert_eq!(reply.body.len(), big.len());
     assert!(reply.body == big);
@@ -137,7 +137,7 @@ fn concurrent_requests_from_many_threads_get_their_own_replies() {
                     // Bodies of different sizes, some over one frame.
                     let body = body_of(t * 1000 + i, 1 + (i * 997) % 20_000);
                     let reply = client
-                        .request(Message::new(Header::new(3, 8), &body), WAIT)
+                        .request(Message::new(&Header::new(3, 8), &body), WAIT)
                         .unwrap();
                     assert!(reply.body == body, "thread {t} request {i}: wrong reply");
                 }
@@ -158,20 +158,20 @@ fn requests_without_an_answer_time_out_and_closed_clients_refuse() {
     // No service 40 on the server: nobody answers.
     let started = Instant::now();
     let result = client.request(
-        Message::new(Header::new(40, 0), b""),
+        Message::new(&Header::new(40, 0), b""),
         Duration::from_millis(300),
     );
     assert_eq!(result.unwrap_err(), RequestFailure::Timeout);
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     client.close();
-    let result = client.request(Message::new(Header::new(3, 0), b""), WAIT);
+    let result = client.request(Message::new(&Header::new(3, 0), b""), WAIT);
     assert_eq!(
         result.unwrap_err(),
         RequestFailure::NotSent(SendError::UnknownConnection(()))
     );
     assert!(matches!(
-        client.send(Message::new(Header::new(3, 0), b""), Priority::Normal),
+        client.send(Message::new(&Header::new(3, 0), b""), Priority::Normal),
         Err(SendError::UnknownConnection(_))
     ));
     server.shutdown();
@@ -194,14 +194,14 @@ fn subscriptions_get_pushed_messages_and_end_at_close() {
     thread::spawn(move || {
         for i in 0..10u8 {
             replier
-                .send(Message::new(Header::new(9, 1), &[i]), Priority::Normal)
+                .send(Message::new(&Header::new(9, 1), &[i]), Priority::Normal)
                 .unwrap();
         }
     })
     .join()
     .unwrap();
     let (queued, refused) =
-        server.broadcast(Message::new(Header::new(9, 2), b"all"), Priority::Normal);
+        server.broadcast(Message::new(&Header::new(9, 2), b"all"), Priority::Normal);
     assert_eq!((queued, refused.len()), (1, 0));
 
     for i in 0..10u8 {
@@ -217,10 +217,13 @@ fn subscriptions_get_pushed_messages_and_end_at_close() {
     let others = client.incoming();
     let replier = server.replier(id);
     replier
-        .send(Message::new(Header::new(10, 0), b"other"), Priority::Normal)
+        .send(
+            Message::new(&Header::new(10, 0), b"other"),
+            Priority::Normal,
+        )
         .unwrap();
     replier
-        .send(Message::new(Header::new(9, 3), b"mine"), Priority::Normal)
+        .send(Message::new(&Header::new(9, 3), b"mine"), Priority::Normal)
         .unwrap();
     let m = others.recv_timeout(WAIT).unwrap();
     assert_eq!((m.header.service_id, &m.body[..]), (10, &b"other"[..]));
@@ -307,11 +310,11 @@ fn a_full_queue_gives_the_message_back() {
     loop {
         assert!(Instant::now() < end, "the queue never filled");
         let header = Header::new(4, accepted as i32);
-        match client.send(Message::new(header, &body), Priority::Normal) {
+        match client.send(Message::new(&header, &body), Priority::Normal) {
             Ok(()) => accepted += 1,
             Err(SendError::QueueFull(m)) => {
                 // The very message comes back, body not copied.
-                assert_eq!(m.header, header);
+                assert_eq!(*m.header, header);
                 assert!(std::ptr::eq(m.body, &body[..]));
                 break;
             }
@@ -325,7 +328,10 @@ fn a_full_queue_gives_the_message_back() {
     go_tx.send(()).unwrap();
     wait_until(WAIT, || {
         client
-            .send(Message::new(Header::new(4, -1), b"again"), Priority::Normal)
+            .send(
+                Message::new(&Header::new(4, -1), b"again"),
+                Priority::Normal,
+            )
             .is_ok()
     });
     client.close();
@@ -390,7 +396,7 @@ fn drain_to_waits_while_reconnecting_and_ends_at_close() {
         |e| matches!(e, NodeEvent::Reconnecting { attempt, .. } if *attempt >= 2),
     );
     client
-        .send(Message::new(Header::new(4, 1), b"later"), Priority::Normal)
+        .send(Message::new(&Header::new(4, 1), b"later"), Priority::Normal)
         .unwrap();
     // What is queued waits for a connection that never comes.
     assert!(!client.drain_to(0, Duration::from_millis(1)));
@@ -428,7 +434,7 @@ fn shutdown_writes_what_is_queued_first() {
         let body = body_of(i, 16 * 1024);
         replier
             .send(
-                Message::new(Header::new(9, i as i32), &body),
+                Message::new(&Header::new(9, i as i32), &body),
                 Priority::Normal,
             )
             .unwrap();
@@ -462,7 +468,7 @@ fn reconnects_after_the_server_restarts_and_delivers_what_was_queued() {
     let id = client.id();
     // A reply makes the connection count as healthy (reconnect at once after a drop).
     client
-        .request(Message::new(Header::new(3, 0), b"up"), WAIT)
+        .request(Message::new(&Header::new(3, 0), b"up"), WAIT)
         .unwrap();
 
     server.shutdown();
@@ -483,7 +489,7 @@ fn reconnects_after_the_server_restarts_and_delivers_what_was_queued() {
     for i in 0..COUNT {
         client
             .send(
-                Message::new(Header::new(5, i as i32), &body_of(i, 100)),
+                Message::new(&Header::new(5, i as i32), &body_of(i, 100)),
                 Priority::Normal,
             )
             .unwrap();
@@ -519,7 +525,7 @@ fn reconnects_after_the_server_restarts_and_delivers_what_was_queued() {
     assert_eq!(client.id(), id);
     // The same client works as before.
     let reply = client
-        .request(Message::new(Header::new(3, 0), b"again"), WAIT)
+        .request(Message::new(&Header::new(3, 0), b"again"), WAIT)
         .unwrap();
     assert_eq!(&reply.body[..], b"again");
     client.close();
@@ -582,7 +588,7 @@ fn banned_addresses_are_closed_and_refused_at_accept() {
     });
     let third = Client::connect(server.local_addr(), NodeConfig::default()).unwrap();
     let reply = third
-        .request(Message::new(Header::new(3, 0), b"ok"), WAIT)
+        .request(Message::new(&Header::new(3, 0), b"ok"), WAIT)
         .unwrap();
     assert_eq!(&reply.body[..], b"ok");
     third.close();

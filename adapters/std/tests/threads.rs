@@ -20,7 +20,7 @@ fn close_and_shutdown_join_every_thread() {
         server
             .handle(3, None, |req: &Request<'_>, out: &mut Responder<'_>| {
                 let _ = out.reply(Message::new(
-                    reply_header(&req.message.header),
+                    &reply_header(req.message.header),
                     req.message.body,
                 ));
             })
@@ -30,7 +30,7 @@ fn close_and_shutdown_join_every_thread() {
             .collect();
         for c in &clients {
             c.request(
-                Message::new(Header::new(3, 0), b"x"),
+                Message::new(&Header::new(3, 0), b"x"),
                 Duration::from_secs(10),
             )
             .unwrap();

@@ -9,7 +9,7 @@ use super::config::SequenceDelivery;
 use super::event::{Event, ProtocolError};
 use super::queue::Message;
 use crate::frame::{self, Frame};
-use crate::header::{self, FrameHeader, FrameKind, Header, HeaderInts};
+use crate::header::{self, FrameHeader, FrameKind, Header};
 use crate::sequence::{SequenceError, SequenceTracker};
 use crate::storage::ByteStore;
 
@@ -61,6 +61,9 @@ pub(crate) struct Inbox<R, A> {
     heads: Heads,
     /// The last room lent for input was filled: the next one is larger.
     room_filled: bool,
+    /// The header of the message delivered last, which its event borrows: written in place,
+    /// field by field, so a delivery moves no header.
+    delivered: Header,
 }
 
 /// How many parsed frames [`Inbox`] keeps for delivery. Input is parsed ahead only this far
@@ -243,6 +246,7 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             released_count: 0,
             heads: Heads::new(),
             room_filled: false,
+            delivered: Header::default(),
         }
     }
 
@@ -576,19 +580,15 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
             let has_ints = head.header.int_count() > 0;
             self.release = Release::Frame(len);
             let (header_bytes, body) = self.rx.bytes()[at + 2..at + len].split_at(header_len);
-            let ints = if has_ints {
-                header::ints(header_bytes)
+            let delivered = &mut self.delivered;
+            delivered.service_id = service_id;
+            delivered.message_id = message_id;
+            if has_ints {
+                header::read_ints(header_bytes, &mut delivered.ints);
             } else {
-                HeaderInts::new()
-            };
-            return Some(Event::Message(Message {
-                header: Header {
-                    service_id,
-                    message_id,
-                    ints,
-                },
-                body,
-            }));
+                delivered.ints.clear();
+            }
+            return Some(Event::Message(Message::new(&self.delivered, body)));
         }
         let head = self.head()?;
         let len = head.len;
@@ -596,18 +596,16 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         match head.header.kind() {
             FrameKind::Message => {
                 self.release = Release::Frame(len);
-                let frame = self.frame(head);
-                Some(Event::Message(Message {
-                    header: frame.message_header(),
-                    body: frame.body,
-                }))
+                self.delivered = self.frame(head).message_header();
+                let body = self.frame(head).body;
+                Some(Event::Message(Message::new(&self.delivered, body)))
             }
             FrameKind::SequenceStart { .. } | FrameKind::SequenceNext { .. } if reassemble => {
                 self.release = Release::Reassembled(len);
-                Some(Event::Message(Message {
-                    header: self.seq.header,
-                    body: &self.seq.buf.bytes()[..self.seq.len],
-                }))
+                Some(Event::Message(Message::new(
+                    &self.seq.header,
+                    &self.seq.buf.bytes()[..self.seq.len],
+                )))
             }
             FrameKind::SequenceStart { last, .. } => self.chunk_step(head, true, last),
             FrameKind::SequenceNext { last } => self.chunk_step(head, false, last),

@@ -152,10 +152,10 @@ impl<S: Storage> Outbox<S> {
             Priority::High if message.body.len() > self.encoder.chunk_size() => {
                 Err(Refused::TooLarge)
             }
-            Priority::High => self.high.push(&self.encoder, &message.header, message.body),
+            Priority::High => self.high.push(&self.encoder, message.header, message.body),
             Priority::Normal => self
                 .normal
-                .push(&self.encoder, &message.header, message.body),
+                .push(&self.encoder, message.header, message.body),
         };
         result.map_err(|refused| refused.with(message))
     }
@@ -1075,10 +1075,10 @@ impl<S: Storage> Connection<S> {
         }
         let len = outbox
             .encoder
-            .encoded_len(&message.header, message.body.len());
+            .encoded_len(message.header, message.body.len());
         outbox
             .high
-            .push_front(&outbox.encoder, &message.header, message.body)
+            .push_front(&outbox.encoder, message.header, message.body)
             .map_err(|refused| refused.with(message))?;
         self.preface_len += len;
         Ok(())

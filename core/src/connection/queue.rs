@@ -19,18 +19,19 @@ pub enum Priority {
     Normal,
 }
 
-/// A message to send, or one received: its header and its body.
+/// A message to send, or one received: its header and its body, both borrowed, so that a
+/// message moves as two pointers however many header ints it may carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message<'a> {
     /// Service id, message id and custom header ints.
-    pub header: Header,
+    pub header: &'a Header,
     /// The body, usually CMF.
     pub body: &'a [u8],
 }
 
 impl<'a> Message<'a> {
     /// A message.
-    pub const fn new(header: Header, body: &'a [u8]) -> Self {
+    pub const fn new(header: &'a Header, body: &'a [u8]) -> Self {
         Message { header, body }
     }
 }
@@ -58,7 +59,7 @@ impl OwnedMessage {
 
     /// A borrowed view, to send.
     pub fn as_message(&self) -> Message<'_> {
-        Message::new(self.header, &self.body)
+        Message::new(&self.header, &self.body)
     }
 }
 
@@ -66,7 +67,7 @@ impl OwnedMessage {
 impl From<Message<'_>> for OwnedMessage {
     fn from(m: Message<'_>) -> Self {
         OwnedMessage {
-            header: m.header,
+            header: *m.header,
             body: bytes::Bytes::copy_from_slice(m.body),
         }
     }
@@ -147,10 +148,9 @@ impl EncodedMessage {
     /// Encodes a message with the standard chunk size.
     pub fn new(message: &Message<'_>) -> Result<Self, EncodeError> {
         let encoder = FrameEncoder::new();
-        let mut out = alloc::vec::Vec::with_capacity(
-            encoder.encoded_len(&message.header, message.body.len()),
-        );
-        encoder.encode(&message.header, message.body, &mut out)?;
+        let mut out =
+            alloc::vec::Vec::with_capacity(encoder.encoded_len(message.header, message.body.len()));
+        encoder.encode(message.header, message.body, &mut out)?;
         Ok(EncodedMessage {
             frames: out.into(),
             single_frame: message.body.len() <= encoder.chunk_size(),
@@ -555,7 +555,7 @@ mod tests {
     fn shared_entries_interleave_with_inline_ones() {
         let enc = FrameEncoder::new();
         let mut q = q(1 << 20, 10);
-        let shared = EncodedMessage::new(&Message::new(Header::new(2, 2), b"shared")).unwrap();
+        let shared = EncodedMessage::new(&Message::new(&Header::new(2, 2), b"shared")).unwrap();
         q.push(&enc, &Header::new(1, 1), b"a").unwrap();
         q.push_shared(&shared).unwrap();
         q.push(&enc, &Header::new(1, 3), b"b").unwrap();

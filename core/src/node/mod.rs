@@ -30,9 +30,10 @@
 //! let s = server.accept(now, "10.0.0.2:40000".parse().unwrap()).unwrap();
 //! while client.poll_output().is_some() {} // Connect: the adapter opens the socket.
 //! client.handle_connected(now, c).unwrap();
-//! let hello = Message::new(Header::new(3, 7), b"hello");
-//! client.send(now, c, hello, Priority::Normal).unwrap();
-//! let ask = Message::new(Header::new(3, 0), b"ask");
+//! // A message borrows its header and body (a message moves as two pointers).
+//! let (greeting, question) = (Header::new(3, 7), Header::new(3, 0));
+//! client.send(now, c, Message::new(&greeting, b"hello"), Priority::Normal).unwrap();
+//! let ask = Message::new(&question, b"ask");
 //! let request = client.request(now, c, ask, Duration::from_secs(5)).unwrap();
 //! let (mut hello_seen, mut answered) = (false, false);
 //! for _ in 0..10 {
@@ -52,7 +53,7 @@
 //!     while let Some(output) = server.poll_output() {
 //!         if let Output::Message { message, .. } = output {
 //!             match message.header.message_id {
-//!                 Some(0) => reply = Some(message.header),
+//!                 Some(0) => reply = Some(*message.header),
 //!                 _ => hello_seen |= message.body == b"hello",
 //!             }
 //!         }
@@ -60,7 +61,7 @@
 //!     if let Some(asked) = reply {
 //!         let mut header = Header::new(3, 1);
 //!         header.ints = asked.ints;
-//!         server.send(now, s, Message::new(header, b"answer"), Priority::Normal).unwrap();
+//!         server.send(now, s, Message::new(&header, b"answer"), Priority::Normal).unwrap();
 //!     }
 //!     while let Some(output) = client.poll_output() {
 //!         if let Output::Reply { request: r, message, .. } = output {
@@ -882,7 +883,7 @@ impl<S: Storage> Node<S> {
                 w.add(LOGIN_TAG, crate::cmf::Value::String(cookie.as_bytes()));
                 if let Ok(body) = w.finish() {
                     let header = Header::new(LOGIN_SERVICE, LOGIN_MESSAGE);
-                    let _ = conn.send_first(now, Message::new(header, body));
+                    let _ = conn.send_first(now, Message::new(&header, body));
                 }
             }
         }
@@ -1152,12 +1153,13 @@ impl<S: Storage> Node<S> {
     /// A reply is a message on the same connection with that RequestId, on the same service
     /// with message id = the request's + 1 (spec §9.2), or a CommandFailed (service 0,
     /// message 2, §9.3); any other message, even with that RequestId, is routed as usual.
-    /// [`SendError::QueueFull`] when [`NodeConfig::max_pending_requests`] are pending.
+    /// [`SendError::QueueFull`] when [`NodeConfig::max_pending_requests`] are pending. An
+    /// error gives the message back as it was given, without the RequestId.
     pub fn request<'a>(
         &mut self,
         now: Instant,
         id: ConnId,
-        mut message: Message<'a>,
+        message: Message<'a>,
         timeout: Duration,
     ) -> Result<RequestId, SendError<Message<'a>>> {
         let now = self.tick(now);
@@ -1170,7 +1172,8 @@ impl<S: Storage> Node<S> {
             return Err(SendError::QueueFull(message));
         }
         let rid = self.fresh_request_id();
-        if message.header.ints.set(tags::REQUEST_ID, rid).is_err() {
+        let mut header = *message.header;
+        if header.ints.set(tags::REQUEST_ID, rid).is_err() {
             return Err(SendError::Invalid(
                 message,
                 crate::frame::EncodeError::InvalidMessageId(rid),
@@ -1183,7 +1186,14 @@ impl<S: Storage> Node<S> {
             service: message.header.service_id,
             streaming: false,
         };
-        self.send(now, id, message, Priority::Normal)?;
+        // A refused request gives back the caller's message, without the RequestId.
+        self.send(
+            now,
+            id,
+            Message::new(&header, message.body),
+            Priority::Normal,
+        )
+        .map_err(|e| e.map(|_| message))?;
         let _ = self.requests.insert(rid, pending);
         self.push_timer(deadline, Key::Request(rid));
         Ok(RequestId(rid))
@@ -1771,7 +1781,7 @@ impl<S: Storage> Node<S> {
                 let reply = message.header.request_id().filter(|rid| {
                     requests
                         .get(rid)
-                        .is_some_and(|p| p.answered_by(id, &message.header))
+                        .is_some_and(|p| p.answered_by(id, message.header))
                 });
                 Some(match reply {
                     Some(rid) => {
@@ -1784,7 +1794,7 @@ impl<S: Storage> Node<S> {
                     }
                     None => Output::Message {
                         id,
-                        handles: router.matching(id, &message.header),
+                        handles: router.matching(id, message.header),
                         message,
                     },
                 })

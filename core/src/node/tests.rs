@@ -48,7 +48,7 @@ fn drain<S: Storage>(n: &mut Node<S>) -> Vec<O> {
                 handles,
             } => O::Message(
                 id,
-                message.header,
+                *message.header,
                 message.body.to_vec(),
                 handles.indices().collect(),
             ),
@@ -140,8 +140,11 @@ fn connected_with<S: Storage>(
     (client, server, c, s)
 }
 
-fn msg(svc: i32, id: i32, body: &[u8]) -> Message<'_> {
-    Message::new(Header::new(svc, id), body)
+/// A message to `svc`/`id`; a macro, because the message borrows its header, a temporary.
+macro_rules! msg {
+    ($svc:expr, $id:expr, $body:expr) => {
+        Message::new(&Header::new($svc, $id), $body)
+    };
 }
 
 #[test]
@@ -152,13 +155,13 @@ fn messages_are_routed_to_handles() {
     let watcher = server.open_handle(Scope::Connection(s)).unwrap();
     server.subscribe(watcher, 3, Some(2)).unwrap();
     client
-        .send(t(0), c, msg(3, 2, b"a"), Priority::Normal)
+        .send(t(0), c, msg!(3, 2, b"a"), Priority::Normal)
         .unwrap();
     client
-        .send(t(0), c, msg(3, 4, b"b"), Priority::Normal)
+        .send(t(0), c, msg!(3, 4, b"b"), Priority::Normal)
         .unwrap();
     client
-        .send(t(0), c, msg(9, 0, b"c"), Priority::Normal)
+        .send(t(0), c, msg!(9, 0, b"c"), Priority::Normal)
         .unwrap();
     let (_, out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
     let got: Vec<&O> = out.iter().filter(|o| matches!(o, O::Message(..))).collect();
@@ -185,7 +188,7 @@ fn input_written_in_place_is_routed_and_answered() {
     server.subscribe(service, 3, None).unwrap();
     for i in 0..300 {
         client
-            .send(t(0), c, msg(3, i, &[5; 300]), Priority::Normal)
+            .send(t(0), c, msg!(3, i, &[5; 300]), Priority::Normal)
             .unwrap();
     }
     let mut wire = Vec::new();
@@ -266,7 +269,7 @@ fn stale_ids_are_refused() {
         Err(NodeError::UnknownConnection(s))
     );
     assert!(matches!(
-        server.send(t(1), s, msg(1, 1, b""), Priority::Normal),
+        server.send(t(1), s, msg!(1, 1, b""), Priority::Normal),
         Err(SendError::UnknownConnection(_))
     ));
     // A new connection in the same slot gets a new id.
@@ -281,10 +284,10 @@ fn stale_ids_are_refused() {
 fn requests_match_replies_and_time_out() {
     let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
     let r1 = client
-        .request(t(0), c, msg(0, 0, b""), Duration::from_secs(5))
+        .request(t(0), c, msg!(0, 0, b""), Duration::from_secs(5))
         .unwrap();
     let r2 = client
-        .request(t(0), c, msg(0, 0, b""), Duration::from_secs(5))
+        .request(t(0), c, msg!(0, 0, b""), Duration::from_secs(5))
         .unwrap();
     assert_ne!(r1, r2);
     let (_, out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
@@ -300,7 +303,7 @@ fn requests_match_replies_and_time_out() {
     let mut reply = Header::new(0, 1);
     reply.ints = requests[1].ints;
     server
-        .send(t(1), s, Message::new(reply, b"v"), Priority::Normal)
+        .send(t(1), s, Message::new(&reply, b"v"), Priority::Normal)
         .unwrap();
     let (out, _) = pump(t(1), &mut client, &mut server, &[(c, s)]);
     assert!(out.contains(&O::Reply(c, r2, b"v".to_vec())));
@@ -315,7 +318,7 @@ fn failed_connects_back_off_like_the_cpp() {
     let mut client = N::new(t(0), NodeConfig::default());
     let c = client.connect(t(0), addr(1, 1235)).unwrap();
     client
-        .send(t(0), c, msg(1, 1, b"queued"), Priority::Normal)
+        .send(t(0), c, msg!(1, 1, b"queued"), Priority::Normal)
         .unwrap();
     let mut now = t(0);
     let mut attempts = Vec::new();
@@ -355,16 +358,16 @@ fn failed_connects_back_off_like_the_cpp() {
 fn a_dropped_connection_reconnects_and_resends() {
     let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
     client
-        .send(t(0), c, msg(1, 1, b"one"), Priority::Normal)
+        .send(t(0), c, msg!(1, 1, b"one"), Priority::Normal)
         .unwrap();
     server
-        .send(t(0), s, msg(1, 2, b"hello"), Priority::Normal)
+        .send(t(0), s, msg!(1, 2, b"hello"), Priority::Normal)
         .unwrap();
     pump(t(0), &mut client, &mut server, &[(c, s)]);
     // Queued while the connection drops, partly written.
     let big = [5u8; 20_000];
     client
-        .send(t(19), c, msg(1, 2, &big), Priority::Normal)
+        .send(t(19), c, msg!(1, 2, &big), Priority::Normal)
         .unwrap();
     let n = client.poll_transmit(c).unwrap().len();
     client.consume_transmit(c, n / 2);
@@ -385,7 +388,7 @@ fn queued_bytes_count_while_waiting_to_reconnect() {
     let (mut client, mut server, c, _s) = connected(NodeConfig::default(), NodeConfig::default());
     let big = [5u8; 20_000];
     client
-        .send(t(0), c, msg(1, 2, &big), Priority::Normal)
+        .send(t(0), c, msg!(1, 2, &big), Priority::Normal)
         .unwrap();
     let n = client.poll_transmit(c).unwrap().len();
     assert_eq!(client.queued_bytes(c), Some(n));
@@ -521,14 +524,14 @@ fn broadcast_encodes_once_and_reports_full_queues() {
         .send(
             t(0),
             ids[3],
-            msg(1, 1, b"fills the queue"),
+            msg!(1, 1, b"fills the queue"),
             Priority::Normal,
         )
         .unwrap();
     let mut refused = Vec::new();
     let n = server.broadcast(
         t(0),
-        &msg(18, 4, b"new block"),
+        &msg!(18, 4, b"new block"),
         Priority::Normal,
         ids.iter().copied(),
         |id, e| refused.push((id, e)),
@@ -560,7 +563,7 @@ fn historical_login() {
     expected.extend_from_slice(&[b'A'; 44]);
     assert_eq!(&first[..expected.len()], &expected[..]);
     client
-        .send(t(0), c, msg(3, 2, b"after login"), Priority::Normal)
+        .send(t(0), c, msg!(3, 2, b"after login"), Priority::Normal)
         .unwrap();
     let (_, out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
     let messages: Vec<&O> = out.iter().filter(|o| matches!(o, O::Message(..))).collect();
@@ -649,7 +652,7 @@ fn a_reused_slot_does_not_starve_another_connection() {
     // The application accepts at once; the new connection takes the freed slot later.
     let _ = server.accept(t(1), addr(4, 1));
     client
-        .send(t(1), cb, msg(5, 1, b"hello"), Priority::Normal)
+        .send(t(1), cb, msg!(5, 1, b"hello"), Priority::Normal)
         .unwrap();
     let (_, out) = pump(t(1), &mut client, &mut server, &[(cb, b)]);
     assert!(
@@ -685,7 +688,7 @@ fn closed_reaches_the_watchers_and_the_id_works_until_the_next_poll() {
 fn close_wins_over_a_reconnect() {
     let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
     server
-        .send(t(0), s, msg(5, 1, b"y"), Priority::Normal)
+        .send(t(0), s, msg!(5, 1, b"y"), Priority::Normal)
         .unwrap();
     pump(t(0), &mut client, &mut server, &[(c, s)]);
     client.handle_eof(t(1), c).unwrap();
@@ -788,7 +791,7 @@ fn the_login_is_sent_once_per_connection_even_with_a_full_queue() {
     let mut n = N::new(t(0), cfg);
     let c = n.connect(t(0), addr(1, 1)).unwrap();
     for i in 0..20 {
-        n.send(t(0), c, msg(5, i, b""), Priority::High).unwrap();
+        n.send(t(0), c, msg!(5, i, b""), Priority::High).unwrap();
     }
     drain(&mut n);
     n.handle_connected(t(0), c).unwrap();
@@ -881,10 +884,10 @@ fn a_peers_request_with_our_request_id_is_not_a_reply() {
     server.subscribe(service, 5, None).unwrap();
     // Both sides use `request`, so both number from 1, on different services.
     let mine = client
-        .request(t(0), c, msg(5, 0, b"client asks"), Duration::from_secs(30))
+        .request(t(0), c, msg!(5, 0, b"client asks"), Duration::from_secs(30))
         .unwrap();
     let theirs = server
-        .request(t(0), s, msg(6, 0, b"server asks"), Duration::from_secs(30))
+        .request(t(0), s, msg!(6, 0, b"server asks"), Duration::from_secs(30))
         .unwrap();
     assert_eq!(mine, theirs);
     let (client_out, server_out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
@@ -907,7 +910,7 @@ fn a_peers_request_with_our_request_id_is_not_a_reply() {
     let mut reply = Header::new(5, 1);
     reply.ints.set(tags::REQUEST_ID, mine.0).unwrap();
     server
-        .send(t(1), s, Message::new(reply, b"answer"), Priority::Normal)
+        .send(t(1), s, Message::new(&reply, b"answer"), Priority::Normal)
         .unwrap();
     let mut failed = Header::new(0, 2);
     failed.ints.set(tags::REQUEST_ID, theirs.0).unwrap();
@@ -915,7 +918,7 @@ fn a_peers_request_with_our_request_id_is_not_a_reply() {
         .send(
             t(1),
             c,
-            Message::new(failed, b"unsupported"),
+            Message::new(&failed, b"unsupported"),
             Priority::Normal,
         )
         .unwrap();
@@ -958,7 +961,7 @@ fn failed_connects_count_until_a_write_completes() {
     drain(&mut n);
     // A completed write ends the run.
     n.handle_connected(now, c).unwrap();
-    n.send(now, c, msg(1, 1, b"x"), Priority::Normal).unwrap();
+    n.send(now, c, msg!(1, 1, b"x"), Priority::Normal).unwrap();
     drain(&mut n);
     let len = n.poll_transmit(c).unwrap().len();
     n.consume_transmit(c, len);
@@ -980,10 +983,10 @@ fn a_peer_that_accepts_and_drops_at_once_is_backed_off_even_after_traffic() {
     for round in 0..6u16 {
         // Both ways: a write completes and a frame comes in; then the peer drops at once.
         client
-            .send(now, c, msg(1, 1, b"hello"), Priority::Normal)
+            .send(now, c, msg!(1, 1, b"hello"), Priority::Normal)
             .unwrap();
         server
-            .send(now, s, msg(1, 2, b"bye"), Priority::Normal)
+            .send(now, s, msg!(1, 2, b"bye"), Priority::Normal)
             .unwrap();
         let (out, _) = pump(now, &mut client, &mut server, &[(c, s)]);
         assert!(out.iter().any(|o| matches!(o, O::Message(..))));
@@ -1028,7 +1031,7 @@ fn huge_settings_do_not_overflow() {
     };
     let (mut client, mut server, c, s) = connected(cfg.clone(), cfg);
     let r = client
-        .request(t(0), c, msg(1, 0, b""), Duration::MAX)
+        .request(t(0), c, msg!(1, 0, b""), Duration::MAX)
         .unwrap();
     pump(t(0), &mut client, &mut server, &[(c, s)]);
     server.punish(t(1), s, u32::MAX).unwrap();
@@ -1056,6 +1059,21 @@ fn huge_settings_do_not_overflow() {
 }
 
 #[test]
+fn a_refused_request_comes_back_as_given() {
+    let (mut client, _server, c, _s) = connected(NodeConfig::default(), NodeConfig::default());
+    client.close(t(0), c).unwrap();
+    let header = Header::new(3, 0).with_int(tags::USER_TAG1, 7).unwrap();
+    let body = b"question";
+    match client.request(t(0), c, Message::new(&header, body), Duration::from_secs(1)) {
+        Err(SendError::Closed(m)) => {
+            assert!(core::ptr::eq(m.header, &header) && core::ptr::eq(m.body, body));
+            assert_eq!(m.header.request_id(), None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn request_failures_are_never_lost() {
     let cfg = NodeConfig {
         max_connections: NonZeroUsize::MIN,
@@ -1069,7 +1087,7 @@ fn request_failures_are_never_lost() {
     let mut accepted = Vec::new();
     // (80 s: before the first ping, whose pong never comes here.)
     for i in 0..80 {
-        match client.request(t(i), c, msg(1, 0, b""), Duration::from_secs(1)) {
+        match client.request(t(i), c, msg!(1, 0, b""), Duration::from_secs(1)) {
             Ok(r) => accepted.push(r),
             Err(SendError::QueueFull(_)) => {}
             Err(e) => panic!("{e:?}"),
@@ -1094,7 +1112,7 @@ fn request_failures_are_never_lost() {
     // Once they are out, requests are taken again.
     assert!(
         client
-            .request(t(300), c, msg(1, 0, b""), Duration::from_secs(1))
+            .request(t(300), c, msg!(1, 0, b""), Duration::from_secs(1))
             .is_ok()
     );
 }
@@ -1198,10 +1216,10 @@ fn a_node_with_fixed_storage_exchanges_messages_and_requests() {
     let service = server.open_handle(Scope::Node).unwrap();
     server.subscribe(service, 3, None).unwrap();
     client
-        .send(t(0), c, msg(3, 7, b"fixed"), Priority::Normal)
+        .send(t(0), c, msg!(3, 7, b"fixed"), Priority::Normal)
         .unwrap();
     let r = client
-        .request(t(0), c, msg(3, 0, b"ask"), Duration::from_secs(5))
+        .request(t(0), c, msg!(3, 0, b"ask"), Duration::from_secs(5))
         .unwrap();
     let (_, out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
     assert!(out.contains(&O::Message(
@@ -1220,7 +1238,7 @@ fn a_node_with_fixed_storage_exchanges_messages_and_requests() {
     let mut reply = Header::new(3, 1);
     reply.ints = asked.ints;
     server
-        .send(t(1), s, Message::new(reply, b"answer"), Priority::Normal)
+        .send(t(1), s, Message::new(&reply, b"answer"), Priority::Normal)
         .unwrap();
     let (out, _) = pump(t(1), &mut client, &mut server, &[(c, s)]);
     assert!(out.contains(&O::Reply(c, r, b"answer".to_vec())));
@@ -1262,7 +1280,7 @@ fn replies_and_messages_in_pieces_are_matched_and_routed() {
     let service = client.open_handle(Scope::Node).unwrap();
     client.subscribe(service, 5, None).unwrap();
     let r = client
-        .request(t(0), c, msg(5, 0, b"ask"), Duration::from_secs(5))
+        .request(t(0), c, msg!(5, 0, b"ask"), Duration::from_secs(5))
         .unwrap();
     let (_, out) = pump(t(0), &mut client, &mut server, &[(c, s)]);
     let asked = out
@@ -1277,10 +1295,10 @@ fn replies_and_messages_in_pieces_are_matched_and_routed() {
     let mut reply = Header::new(5, 1);
     reply.ints = asked.ints;
     server
-        .send(t(1), s, Message::new(reply, &big), Priority::Normal)
+        .send(t(1), s, Message::new(&reply, &big), Priority::Normal)
         .unwrap();
     server
-        .send(t(1), s, msg(5, 9, &big), Priority::Normal)
+        .send(t(1), s, msg!(5, 9, &big), Priority::Normal)
         .unwrap();
     let (out, _) = pump(t(1), &mut client, &mut server, &[(c, s)]);
     let parts: Vec<&String> = out
@@ -1310,7 +1328,7 @@ fn replies_and_messages_in_pieces_are_matched_and_routed() {
         .collect();
     assert!(routed.len() >= 4, "{out:?}");
     server
-        .send(t(2), s, msg(5, 11, &big), Priority::Normal)
+        .send(t(2), s, msg!(5, 11, &big), Priority::Normal)
         .unwrap();
     carry(t(2), &mut server, s, &mut client, c);
     let mut pieces = 0;
@@ -1335,7 +1353,7 @@ fn replies_and_messages_in_pieces_are_matched_and_routed() {
     );
     // A reply cut off halfway fails the request at once.
     let r2 = client
-        .request(t(10), c, msg(5, 2, b"ask"), Duration::from_secs(60))
+        .request(t(10), c, msg!(5, 2, b"ask"), Duration::from_secs(60))
         .unwrap();
     let (_, out) = pump(t(10), &mut client, &mut server, &[(c, s)]);
     let asked = out
@@ -1348,7 +1366,7 @@ fn replies_and_messages_in_pieces_are_matched_and_routed() {
     let mut reply = Header::new(5, 3);
     reply.ints = asked.ints;
     server
-        .send(t(11), s, Message::new(reply, &big), Priority::Normal)
+        .send(t(11), s, Message::new(&reply, &big), Priority::Normal)
         .unwrap();
     let wire = server.poll_transmit(s).unwrap()[..9_000].to_vec();
     client.handle_input(t(11), c, &wire).unwrap();
