@@ -352,6 +352,9 @@ impl Dispatch {
                         lent,
                         ..
                     } = self;
+                    // Looked up first: the request copies it much later, when the copy's
+                    // stores have landed.
+                    let peer = peers.get(&id).copied();
                     *header = *message.header;
                     let body: &[u8] = if message.body.len() >= MAX_FRAME_LEN {
                         match node.take_body(id, lent) {
@@ -367,7 +370,7 @@ impl Dispatch {
                     };
                     let request = Request {
                         connection: id,
-                        peer: peers.get(&id).copied(),
+                        peer,
                         message: Message::new(header, body),
                     };
                     if handles.is_empty() {
