@@ -109,12 +109,9 @@ pub struct NodeInputRoom<'a, S: Storage = DefaultStorage> {
 impl<S: Storage> NodeInputRoom<'_, S> {
     /// The room to write into: empty when nothing can be taken now.
     pub fn buf(&mut self) -> &mut [u8] {
-        match self.node.slots.get_mut(self.index as usize) {
-            Some(Slot {
-                state: State::Live(conn),
-                ..
-            }) => conn.input_room_buf(self.len),
-            _ => &mut [],
+        match self.node.live_at(self.index) {
+            Some(conn) => conn.input_room_buf(self.len),
+            None => &mut [],
         }
     }
 
@@ -122,13 +119,10 @@ impl<S: Storage> NodeInputRoom<'_, S> {
     /// room's length) and parses them; returns how many were taken.
     pub fn commit(self, now: Instant, n: usize) -> usize {
         let now = self.node.tick(now);
-        let taken = match self.node.slots.get_mut(self.index as usize) {
-            Some(Slot {
-                state: State::Live(conn),
-                ..
-            }) => conn.commit_input(now, self.len, n),
-            _ => 0,
-        };
+        let taken = self
+            .node
+            .live_at(self.index)
+            .map_or(0, |conn| conn.commit_input(now, self.len, n));
         self.node.touch(self.index);
         taken
     }
@@ -543,6 +537,32 @@ enum State<S: Storage> {
     },
 }
 
+impl<S: Storage> State<S> {
+    fn live(&self) -> Option<&Connection<S>> {
+        match self {
+            State::Live(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    fn live_mut(&mut self) -> Option<&mut Connection<S>> {
+        match self {
+            State::Live(conn) => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// When the slot next needs [`Node::handle_timeout`]: the connection's deadline, or the
+    /// reconnect.
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            State::Live(conn) => conn.poll_timeout(),
+            State::Waiting { at, .. } => Some(*at),
+            State::Free => None,
+        }
+    }
+}
+
 struct Slot<S: Storage> {
     generation: u32,
     state: State<S>,
@@ -757,6 +777,11 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// The live connection in slot `index`, whatever its generation.
+    fn live_at(&mut self, index: u32) -> Option<&mut Connection<S>> {
+        self.slots.get_mut(index as usize)?.state.live_mut()
+    }
+
     fn id_of(&self, index: u32) -> ConnId {
         let generation = self.slots.get(index as usize).map_or(0, |s| s.generation);
         ConnId::new(index, generation)
@@ -875,7 +900,7 @@ impl<S: Storage> Node<S> {
             return Ok(());
         }
         slot.connected_at = Some(now);
-        if let State::Live(conn) = &mut slot.state {
+        if let Some(conn) = slot.state.live_mut() {
             conn.handle_connected(now);
             if let Some(cookie) = cookie {
                 let mut body = [0u8; 140];
@@ -931,9 +956,9 @@ impl<S: Storage> Node<S> {
     ) -> Result<usize, NodeError> {
         let now = self.tick(now);
         let slot = self.slot_mut(id)?;
-        let n = match &mut slot.state {
-            State::Live(conn) => conn.handle_input(now, data),
-            _ => data.len(),
+        let n = match slot.state.live_mut() {
+            Some(conn) => conn.handle_input(now, data),
+            None => data.len(),
         };
         self.touch(id.index);
         Ok(n)
@@ -944,10 +969,10 @@ impl<S: Storage> Node<S> {
     /// takes no input now: poll outputs, then ask again.
     pub fn input_room(&mut self, id: ConnId) -> Result<NodeInputRoom<'_, S>, NodeError> {
         let slot = self.slot_mut(id)?;
-        let len = match &mut slot.state {
-            State::Live(conn) => conn.prepare_input_room(),
-            _ => 0,
-        };
+        let len = slot
+            .state
+            .live_mut()
+            .map_or(0, |conn| conn.prepare_input_room());
         // Making the room may have armed the buffer release (see
         // `Connection::prepare_input_room`), even if nothing is committed.
         if len > 0 {
@@ -963,8 +988,7 @@ impl<S: Storage> Node<S> {
     /// Input: `id`'s socket reached EOF or broke.
     pub fn handle_eof(&mut self, now: Instant, id: ConnId) -> Result<(), NodeError> {
         let now = self.tick(now);
-        let slot = self.slot_mut(id)?;
-        if let State::Live(conn) = &mut slot.state {
+        if let Some(conn) = self.slot_mut(id)?.state.live_mut() {
             conn.handle_eof(now);
         }
         self.touch(id.index);
@@ -1077,11 +1101,7 @@ impl<S: Storage> Node<S> {
     fn rebuild_timers(&mut self) {
         self.timers.clear();
         for (i, s) in self.slots.iter_mut().enumerate() {
-            s.scheduled = match &s.state {
-                State::Live(conn) => conn.poll_timeout(),
-                State::Waiting { at, .. } => Some(*at),
-                State::Free => None,
-            };
+            s.scheduled = s.state.deadline();
             if let Some(d) = s.scheduled {
                 self.timers.push((d, Key::Slot(i as u32)));
             }
@@ -1291,7 +1311,7 @@ impl<S: Storage> Node<S> {
         let slot = self.slot_mut(id)?;
         // The connection reports it as an event; the address is scored here and now, so a
         // close right after cannot lose the points.
-        if let State::Live(conn) = &mut slot.state {
+        if let Some(conn) = slot.state.live_mut() {
             conn.punish(points);
         }
         self.touch(id.index);
@@ -1455,10 +1475,7 @@ impl<S: Storage> Node<S> {
 
     /// The connection of `id`, if it has a live one (not while waiting to reconnect).
     pub fn connection(&self, id: ConnId) -> Option<&Connection<S>> {
-        match &self.slot(id).ok()?.state {
-            State::Live(conn) => Some(conn),
-            _ => None,
-        }
+        self.slot(id).ok()?.state.live()
     }
 
     /// Bytes waiting to be sent on `id`, also while it waits to reconnect (they go out after
@@ -1477,10 +1494,7 @@ impl<S: Storage> Node<S> {
     /// node.
     #[cfg(feature = "alloc")]
     pub fn take_body(&mut self, id: ConnId, out: &mut alloc::vec::Vec<u8>) -> Option<usize> {
-        match &mut self.slot_mut(id).ok()?.state {
-            State::Live(conn) => conn.take_body(out),
-            _ => None,
-        }
+        self.slot_mut(id).ok()?.state.live_mut()?.take_body(out)
     }
 
     /// The peer address of `id`.
@@ -1519,7 +1533,7 @@ impl<S: Storage> Node<S> {
     /// Input: `n` bytes of the last [`Node::poll_transmit`] for `id` were written.
     pub fn consume_transmit(&mut self, id: ConnId, n: usize) {
         if let Ok(slot) = self.slot_mut(id) {
-            if let State::Live(conn) = &mut slot.state {
+            if let Some(conn) = slot.state.live_mut() {
                 conn.consume_transmit(n);
                 // A completed write ends the run of failed connects (spec §8.2).
                 if n > 0 {
@@ -1752,11 +1766,7 @@ impl<S: Storage> Node<S> {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
         };
-        let deadline = match &slot.state {
-            State::Live(conn) => conn.poll_timeout(),
-            State::Waiting { at, .. } => Some(*at),
-            State::Free => None,
-        };
+        let deadline = slot.state.deadline();
         if let Some(d) = deadline {
             if slot.scheduled.is_none_or(|s| d < s) {
                 slot.scheduled = Some(d);
