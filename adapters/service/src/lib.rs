@@ -352,8 +352,8 @@ impl Dispatch {
                         lent,
                         ..
                     } = self;
-                    // Looked up first: the request copies it much later, when the copy's
-                    // stores have landed.
+                    // Looked up before the copies below, so that its stores have landed when
+                    // the request reads them (read back at once, they stall the CPU).
                     let peer = peers.get(&id).copied();
                     *header = *message.header;
                     let body: &[u8] = if message.body.len() >= MAX_FRAME_LEN {
