@@ -562,8 +562,9 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
     }
 
     /// The next thing to deliver (a message or sequence event), in arrival order; what it
-    /// borrows stays until the next [`Inbox::release`]. Built as the event itself: the header
-    /// is large, and every extra move of it costs on the per-message path.
+    /// borrows stays until the next [`Inbox::release`]. A message's header is written into
+    /// `delivered`, which the event borrows: the header is large, and a move of it would cost
+    /// on the per-message path.
     pub(crate) fn next(&mut self) -> Option<Event<'_>> {
         self.release();
         if self.start >= self.parsed {
