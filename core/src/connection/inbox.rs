@@ -61,8 +61,9 @@ pub(crate) struct Inbox<R, A> {
     heads: Heads,
     /// The last room lent for input was filled: the next one is larger.
     room_filled: bool,
-    /// The header of the message delivered last, which its event borrows: written in place,
-    /// field by field, so a delivery moves no header.
+    /// The header of the last single-frame message delivered, which its event borrows (a
+    /// reassembled message borrows `seq.header`). A kept parse writes it field by field, so
+    /// a delivery moves no header.
     delivered: Header,
 }
 
@@ -562,9 +563,9 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
     }
 
     /// The next thing to deliver (a message or sequence event), in arrival order; what it
-    /// borrows stays until the next [`Inbox::release`]. A message's header is written into
-    /// `delivered`, which the event borrows: the header is large, and a move of it would cost
-    /// on the per-message path.
+    /// borrows stays until the next [`Inbox::release`]. A message's event borrows its header
+    /// from `delivered` (or, reassembled, from `seq.header`): the header is large, and a
+    /// move of it would cost on the per-message path.
     pub(crate) fn next(&mut self) -> Option<Event<'_>> {
         self.release();
         if self.start >= self.parsed {

@@ -20,7 +20,7 @@ pub enum Priority {
 }
 
 /// A message to send, or one received: its header and its body, both borrowed, so that a
-/// message moves as two pointers however many header ints it may carry.
+/// message moves as a pointer and a slice however many header ints it may carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message<'a> {
     /// Service id, message id and custom header ints.

@@ -41,6 +41,9 @@ pub enum EncodeError {
         /// The body's length.
         len: usize,
     },
+    /// The header holds [`MAX_HEADER_INTS`](crate::header::MAX_HEADER_INTS) custom ints
+    /// already, so [`Node::request`](crate::node::Node::request) has no room for its RequestId.
+    HeaderFull,
 }
 
 impl fmt::Display for EncodeError {
@@ -57,6 +60,11 @@ impl fmt::Display for EncodeError {
             EncodeError::BodyTooLarge { len } => {
                 write!(f, "body of {len} bytes is too large for a sequence")
             }
+            EncodeError::HeaderFull => write!(
+                f,
+                "the header holds {} custom ints: no room for a request id",
+                crate::header::MAX_HEADER_INTS
+            ),
         }
     }
 }

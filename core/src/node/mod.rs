@@ -30,7 +30,7 @@
 //! let s = server.accept(now, "10.0.0.2:40000".parse().unwrap()).unwrap();
 //! while client.poll_output().is_some() {} // Connect: the adapter opens the socket.
 //! client.handle_connected(now, c).unwrap();
-//! // A message borrows its header and body (a message moves as two pointers).
+//! // A message borrows its header and its body.
 //! let (greeting, question) = (Header::new(3, 7), Header::new(3, 0));
 //! client.send(now, c, Message::new(&greeting, b"hello"), Priority::Normal).unwrap();
 //! let ask = Message::new(&question, b"ask");
@@ -1171,8 +1171,9 @@ impl<S: Storage> Node<S> {
     /// Command: send a request; the reply comes as [`Output::Reply`], or
     /// [`Output::RequestFailed`] after `timeout`. The node sets the RequestId (header tag 11).
     /// A reply is a message on the same connection with that RequestId, on the same service
-    /// with message id = the request's + 1 (spec §9.2), or a CommandFailed (service 0,
-    /// message 2, §9.3); any other message, even with that RequestId, is routed as usual.
+    /// (the Hub answers with message id + 1, spec §9.2, an echo with the same id; any id is
+    /// taken), or a CommandFailed (service 0, message 2, §9.3); any other message, even with
+    /// that RequestId, is routed as usual.
     /// [`SendError::QueueFull`] when [`NodeConfig::max_pending_requests`] are pending. An
     /// error gives the message back as it was given, without the RequestId.
     pub fn request<'a>(
@@ -1196,7 +1197,7 @@ impl<S: Storage> Node<S> {
         if header.ints.set(tags::REQUEST_ID, rid).is_err() {
             return Err(SendError::Invalid(
                 message,
-                crate::frame::EncodeError::InvalidMessageId(rid),
+                crate::frame::EncodeError::HeaderFull,
             ));
         }
         let deadline = now + timeout;

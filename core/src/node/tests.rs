@@ -1074,6 +1074,23 @@ fn a_refused_request_comes_back_as_given() {
 }
 
 #[test]
+fn a_request_whose_header_is_full_is_refused_as_given() {
+    let (mut client, _server, c, _s) = connected(NodeConfig::default(), NodeConfig::default());
+    let mut header = Header::new(3, 0);
+    for tag in 0..crate::header::MAX_HEADER_INTS as u32 {
+        header.ints.set(20 + tag, 1).unwrap();
+    }
+    let message = Message::new(&header, b"");
+    match client.request(t(0), c, message, Duration::from_secs(1)) {
+        Err(SendError::Invalid(m, crate::frame::EncodeError::HeaderFull)) => {
+            assert!(core::ptr::eq(m.header, &header));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.usage().requests, 0);
+}
+
+#[test]
 fn request_failures_are_never_lost() {
     let cfg = NodeConfig {
         max_connections: NonZeroUsize::MIN,
