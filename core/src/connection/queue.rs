@@ -21,6 +21,15 @@ pub enum Priority {
 
 /// A message to send, or one received: its header and its body, both borrowed, so that a
 /// message moves as a pointer and a slice however many header ints it may carry.
+///
+/// ```
+/// use flowee_proto::{Header, Message};
+///
+/// // The header lives in a binding of its own: the message borrows it.
+/// let header = Header::new(3, 2).with_int(11, 7).unwrap();
+/// let message = Message::new(&header, b"\x0a\x02hi");
+/// assert_eq!((message.header.service_id, message.header.request_id()), (3, Some(7)));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message<'a> {
     /// Service id, message id and custom header ints.
