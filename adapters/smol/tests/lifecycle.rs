@@ -14,6 +14,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// How long any condition may take to come true on a loaded machine.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -22,15 +24,6 @@ fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
         &reply_header(req.message.header),
         req.message.body,
     ));
-}
-
-/// A server on a free port that echoes service 3.
-async fn echo_server() -> Server {
-    let server = Server::bind("127.0.0.1:0", NodeConfig::default())
-        .await
-        .unwrap();
-    server.handle(3, None, echo).unwrap();
-    server
 }
 
 /// A new client's request to service 3 at `addr` comes back as `body`.
@@ -159,7 +152,7 @@ fn a_server_dropped_right_after_bind_lets_go_of_its_port() {
 #[test]
 fn shutdown_writes_what_is_queued_first() {
     smol::block_on(async {
-        let server = echo_server().await;
+        let server = common::server_for_3(echo).await;
         let mut events = server.events();
         let client = Client::connect(server.local_addr(), NodeConfig::default())
             .await
@@ -384,7 +377,7 @@ fn drain_to_waits_while_reconnecting_and_ends_at_close() {
 #[test]
 fn a_broken_peer_that_keeps_sending_is_cut_off() {
     smol::block_on(async {
-        let server = echo_server().await;
+        let server = common::server_for_3(echo).await;
         let addr = server.local_addr();
         let (done_tx, done_rx) = mpsc::channel();
         thread::spawn(move || {

@@ -2,23 +2,16 @@
 use flowee_smol::{Client, Header, Message, NodeConfig, Priority, Request, Responder, Server};
 use std::time::Duration;
 
+mod common;
+
 fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
     let _ = out.reply(Message::new(req.message.header, req.message.body));
-}
-
-/// A server on a free port that echoes service 3.
-async fn echo_server() -> Server {
-    let server = Server::bind("127.0.0.1:0", NodeConfig::default())
-        .await
-        .unwrap();
-    server.handle(3, None, echo).unwrap();
-    server
 }
 
 #[test]
 fn echo_small_and_large() {
     smol::block_on(async {
-        let server = echo_server().await;
+        let server = common::server_for_3(echo).await;
         let client = Client::connect(server.local_addr(), NodeConfig::default())
             .await
             .unwrap();
@@ -55,7 +48,7 @@ fn echo_small_and_large() {
 #[test]
 fn chunked_reply_comes_back_whole() {
     smol::block_on(async {
-        let server = echo_server().await;
+        let server = common::server_for_3(echo).await;
         let mut config = NodeConfig::default();
         config.connection.sequence_delivery = flowee_proto::connection::SequenceDelivery::Chunks;
         let client = Client::connect(server.local_addr(), config).await.unwrap();
