@@ -1,7 +1,8 @@
 //! Side-by-side comparison, in one run on one machine, of the same workloads through:
 //!
 //! - **flowee**: `flowee-cli serve --echo` (the smol server, its own process) and the smol
-//!   client of `flowee-cli bench` (this process);
+//!   client of `flowee-cli bench` (this process); for round trips also the std adapter at
+//!   both ends (`serve --echo --adapter std`, `bench --adapter std`);
 //! - **tokio-util**: a tokio + tokio-util `LengthDelimitedCodec` echo server and client, each on
 //!   its own current-thread runtime and thread (the Rust user's usual choice);
 //! - **raw TCP**: a blocking ping-pong of 100-byte buffers, each end on its own thread (for
@@ -45,6 +46,7 @@ fn main() {
         .unwrap_or(1.0);
     let n = |count: u64| ((count as f64 * scale) as u64).max(1);
     let server = common::Server::start(&["--echo"]);
+    let std_server = common::Server::start(&["--echo", "--adapter", "std"]);
     println!("flowee-cli bench compare: median of {RUNS} runs\n");
     println!("| workload | flowee | tokio-util | raw TCP | flowee / baseline |");
     println!("|---|---|---|---|---|");
@@ -73,29 +75,38 @@ fn main() {
     );
 
     let trips = n(20_000);
-    let server_pid = server.pid();
+    let servers = [
+        ("smol", Adapter::Smol, server.addr, server.pid()),
+        ("std", Adapter::Std, std_server.addr, std_server.pid()),
+    ];
     let mut pinned = false;
     for (ends, cores) in placements() {
         if let Some((client_core, server_core)) = cores {
             pinned = true;
             place::pin_process(std::process::id(), &[client_core]);
-            place::pin_process(server_pid, &[server_core]);
+            for (.., pid) in servers {
+                place::pin_process(pid, &[server_core]);
+            }
         }
-        let (ours_median, ours_p99) = median2(|| flowee_round_trip(server.addr, trips));
         let (raw_median, raw_p99) = median2(|| raw_round_trip(trips, cores.map(|c| c.1)));
-        println!(
-            "| {trips} × 100 B round trip, {ends}, median (p99) | {:.1} µs ({:.1}) | | {:.1} µs ({:.1}) | {:.2}× raw TCP |",
-            ours_median,
-            ours_p99,
-            raw_median,
-            raw_p99,
-            ours_median / raw_median
-        );
+        for (name, adapter, addr, _) in servers {
+            let (ours_median, ours_p99) = median2(|| flowee_round_trip(addr, trips, adapter));
+            println!(
+                "| {trips} × 100 B round trip, {name} adapter, {ends}, median (p99) | {:.1} µs ({:.1}) | | {:.1} µs ({:.1}) | {:.2}× raw TCP |",
+                ours_median,
+                ours_p99,
+                raw_median,
+                raw_p99,
+                ours_median / raw_median
+            );
+        }
     }
     if pinned {
         let all = place::allowed_cpus();
         place::pin_process(std::process::id(), &all);
-        place::pin_process(server_pid, &all);
+        for (.., pid) in servers {
+            place::pin_process(pid, &all);
+        }
     }
     println!(
         "\nflowee client heap allocations per 100 B message echoed (connect and setup included): \
@@ -146,7 +157,11 @@ fn median2(mut run: impl FnMut() -> (f64, f64)) -> (f64, f64) {
 // `bench` client here
 
 fn flowee(addr: SocketAddr, bench: &Bench) -> Outcome {
-    flowee_cli::bench::run_smol(&addr.to_string(), bench).expect("bench runs")
+    let run = match bench.adapter {
+        Adapter::Std => flowee_cli::bench::run_std,
+        Adapter::Smol => flowee_cli::bench::run_smol,
+    };
+    run(&addr.to_string(), bench).expect("bench runs")
 }
 
 /// Messages per second.
@@ -166,13 +181,13 @@ fn flowee_throughput(addr: SocketAddr, count: u64, size: usize, window: usize) -
 }
 
 /// Median and p99 round trip in µs.
-fn flowee_round_trip(addr: SocketAddr, count: u64) -> (f64, f64) {
+fn flowee_round_trip(addr: SocketAddr, count: u64, adapter: Adapter) -> (f64, f64) {
     let bench = Bench {
         count,
         size: 100,
         window: 1,
         latency: true,
-        adapter: Adapter::Smol,
+        adapter,
         timeout: Duration::from_secs(600),
     };
     match flowee(addr, &bench) {

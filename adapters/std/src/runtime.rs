@@ -4,6 +4,10 @@
 //!
 //! The mutex is never held across blocking I/O or a sleep: readers read into their own
 //! buffer, writers copy the node's bytes into theirs, and both lock only to hand bytes over.
+//! Where the platform can write to a blocking socket without waiting (Linux), whoever changed
+//! the node writes what it has at once, under the lock, and the writer thread is woken only
+//! for what the socket did not take: an answer leaves from the thread that read the request,
+//! with no hand-over between threads.
 //! Every change to the node is followed, under the same lock, by [`Runtime::settle`], which
 //! drains the node's outputs and acts on them (wakes writers, shuts sockets down, starts
 //! connects), so an action can never reach a socket that replaced the one it was meant for.
@@ -24,6 +28,11 @@ use std::time::Duration;
 
 /// Bytes a reader takes from its socket per read (its own buffer).
 const READ_BUF: usize = 64 * 1024;
+/// Bytes of a read the node gets at a time: the answers to each piece are written before the
+/// next piece is handled, so the peer gets answers while later requests are still being
+/// handled and both ends work at once (the smol adapter reads this much at a time while it
+/// answers, for the same reason).
+const INPUT_PIECE: usize = 16 * 1024;
 /// Bytes a writer copies from the node per write at most.
 const WRITE_BUF: usize = 256 * 1024;
 /// How long an outgoing TCP connect may take.
@@ -37,6 +46,9 @@ const STALL_SPINS: u32 = 64;
 const STALL_WAIT: Duration = Duration::from_millis(1);
 /// Rounds of draining and acting in one [`Runtime::settle`] at most.
 const SETTLE_ROUNDS: usize = 4;
+/// Writes one [`Runtime::settle`] makes at once per socket at most (each up to 1 MiB, under
+/// the lock); what is left goes to the writer thread.
+const WRITES_AT_ONCE: usize = 4;
 
 /// Locks a mutex, ignoring poisoning: a panic in a service must not take the adapter down.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,6 +79,9 @@ struct Socket {
     pending: AtomicBool,
     /// The socket was let go: the writer stops, the reader's read returns.
     closed: AtomicBool,
+    /// The writer holds bytes it took from the node and has not reported written yet: until
+    /// it does, nobody else may write (the node would hand out the same bytes again).
+    writing: AtomicBool,
 }
 
 impl Socket {
@@ -79,7 +94,35 @@ impl Socket {
             // The writer looks once at the start, so a transmit said before it ran is not lost.
             pending: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
         })
+    }
+
+    /// Writes what the node has for `id` without waiting, while the writer holds nothing.
+    /// Returns whether all of it went out (the writer need not wake up). A failed write is left
+    /// to the writer, whose blocking write fails too and closes the socket.
+    fn write_at_once(&self, node: &mut Node, id: ConnId) -> bool {
+        if self.writing.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        for _ in 0..WRITES_AT_ONCE {
+            let Some(data) = node.poll_transmit(id) else {
+                return true;
+            };
+            let len = data.len();
+            match send_now(&self.stream, data) {
+                Some(Ok(n)) => {
+                    node.consume_transmit(id, n);
+                    if n < len {
+                        return false;
+                    }
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Full, failed, or not possible here: the writer takes over.
+                _ => return false,
+            }
+        }
+        false
     }
 
     /// Shuts the stream down both ways (a blocked read returns, a blocked write fails) and
@@ -89,6 +132,21 @@ impl Socket {
         let _ = self.stream.shutdown(Shutdown::Both);
         self.wake.notify_all();
     }
+}
+
+/// `send` with `MSG_DONTWAIT`: a write to a blocking socket that takes what fits and never
+/// waits. `None` where the platform has no such flag.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn send_now(stream: &TcpStream, data: &[u8]) -> Option<io::Result<usize>> {
+    use rustix::net::{SendFlags, send};
+    Some(send(stream, data, SendFlags::DONTWAIT | SendFlags::NOSIGNAL).map_err(io::Error::from))
+}
+
+/// `send` with `MSG_DONTWAIT`: a write to a blocking socket that takes what fits and never
+/// waits. `None` where the platform has no such flag.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn send_now(_stream: &TcpStream, _data: &[u8]) -> Option<io::Result<usize>> {
+    None
 }
 
 /// Everything behind the runtime's mutex.
@@ -108,6 +166,8 @@ pub(crate) struct Inner {
     accepting: bool,
     /// Why the last connect of a connection failed (for [`Client::connect`](crate::Client)).
     connect_error: Option<(ConnId, io::Error)>,
+    /// Threads waiting on [`Runtime::progress`] for a queue to drain.
+    progress_waiters: usize,
 }
 
 /// What happened to an accepted socket.
@@ -150,6 +210,7 @@ impl Runtime {
                 stopping: false,
                 accepting: false,
                 connect_error: None,
+                progress_waiters: 0,
             }),
             timer: Condvar::new(),
             progress: Condvar::new(),
@@ -209,9 +270,15 @@ impl Runtime {
             }
             for id in &actions.wake {
                 if let Some(socket) = inner.conns.get(id) {
-                    socket.pending.store(true, Ordering::SeqCst);
-                    socket.wake.notify_one();
+                    if !socket.write_at_once(&mut inner.node, *id) {
+                        socket.pending.store(true, Ordering::SeqCst);
+                        socket.wake.notify_one();
+                    }
                 }
+            }
+            // Less may be queued now. Only a waiter is woken: a wake-up is a system call.
+            if !actions.wake.is_empty() && inner.progress_waiters > 0 {
+                self.progress.notify_all();
             }
             let mut failed = false;
             for (id, addr) in actions.connect.drain(..) {
@@ -455,7 +522,13 @@ impl Runtime {
                 if !is_current(inner, id, socket) {
                     return None;
                 }
-                Some(inner.node.handle_input(now, id, data).unwrap_or(data.len()))
+                let piece = &data[..data.len().min(INPUT_PIECE)];
+                Some(
+                    inner
+                        .node
+                        .handle_input(now, id, piece)
+                        .unwrap_or(piece.len()),
+                )
             });
             let Some(taken) = taken else {
                 return false;
@@ -490,6 +563,7 @@ impl Runtime {
                             Some(data) => {
                                 buf.clear();
                                 buf.extend_from_slice(&data[..data.len().min(WRITE_BUF)]);
+                                socket.writing.store(true, Ordering::SeqCst);
                                 break;
                             }
                             // Dry: the node says Transmit again when there is more.
@@ -519,11 +593,14 @@ impl Runtime {
                 return;
             };
             self.with(|inner, _| {
+                socket.writing.store(false, Ordering::SeqCst);
                 if is_current(inner, id, &socket) {
                     inner.node.consume_transmit(id, n);
                 }
+                if inner.progress_waiters > 0 {
+                    self.progress.notify_all();
+                }
             });
-            self.progress.notify_all();
         }
     }
 
@@ -578,12 +655,25 @@ impl Runtime {
             if left.is_zero() {
                 return false;
             }
-            inner = self
-                .progress
-                .wait_timeout(inner, left)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|e| e.into_inner().0);
+            inner = self.wait_for_progress(inner, left);
         }
+    }
+
+    /// Waits at most `timeout` for [`Runtime::progress`], counted in `progress_waiters` so
+    /// that progress is only signalled while someone waits for it.
+    fn wait_for_progress<'a>(
+        &self,
+        mut inner: MutexGuard<'a, Inner>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, Inner> {
+        inner.progress_waiters += 1;
+        let mut inner = self
+            .progress
+            .wait_timeout(inner, timeout)
+            .map(|(guard, _)| guard)
+            .unwrap_or_else(|e| e.into_inner().0);
+        inner.progress_waiters -= 1;
+        inner
     }
 
     /// Writes what is queued (waiting at most `grace`), closes every connection, ends every
@@ -600,11 +690,7 @@ impl Runtime {
             if left.is_zero() {
                 break;
             }
-            inner = self
-                .progress
-                .wait_timeout(inner, left)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|e| e.into_inner().0);
+            inner = self.wait_for_progress(inner, left);
         }
         let now = self.now();
         inner.stopping = true;
@@ -660,4 +746,73 @@ fn queued(inner: &Inner) -> usize {
         .filter_map(|id| inner.node.connection(id))
         .map(|c| c.stats().queued_bytes)
         .sum()
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+    use flowee_proto::{Header, Message, Priority};
+    use std::net::TcpListener;
+
+    /// A node with one accepted connection and `body` queued on it, the socket it writes to
+    /// and the peer's end of that socket.
+    fn queued(body: &[u8]) -> (Node, ConnId, Arc<Socket>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, addr) = listener.accept().unwrap();
+        let mut node = Node::new(Instant::ZERO, NodeConfig::default());
+        let id = node.accept(Instant::ZERO, addr).unwrap();
+        node.send(
+            Instant::ZERO,
+            id,
+            Message::new(&Header::new(3, 1), body),
+            Priority::Normal,
+        )
+        .unwrap();
+        peer.set_nonblocking(true).unwrap();
+        (node, id, Socket::new(stream), peer)
+    }
+
+    fn unread(mut peer: &TcpStream) -> usize {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        // Loopback delivers within the send call; a short wait covers a slow machine.
+        let end = std::time::Instant::now() + Duration::from_millis(200);
+        loop {
+            match peer.read(&mut buf) {
+                Ok(n) if n > 0 => total += n,
+                _ if total > 0 || std::time::Instant::now() > end => return total,
+                _ => thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_socket_takes_is_written_at_once() {
+        let (mut node, id, socket, peer) = queued(b"hello");
+        assert!(socket.write_at_once(&mut node, id));
+        assert_eq!(node.queued_bytes(id), Some(0));
+        assert!(unread(&peer) > 5);
+    }
+
+    #[test]
+    fn nothing_is_written_at_once_while_the_writer_holds_bytes() {
+        let (mut node, id, socket, peer) = queued(b"hello");
+        let queued = node.queued_bytes(id);
+        // The writer took the bytes and writes them without the lock: writing them here too
+        // would send them twice.
+        socket.writing.store(true, Ordering::SeqCst);
+        assert!(!socket.write_at_once(&mut node, id));
+        assert_eq!(node.queued_bytes(id), queued);
+        assert_eq!(unread(&peer), 0);
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_is_left_to_the_writer() {
+        // More than loopback socket buffers hold while the peer reads nothing.
+        let (mut node, id, socket, _peer) = queued(&vec![7u8; 32 << 20]);
+        assert!(!socket.write_at_once(&mut node, id));
+        let left = node.queued_bytes(id).unwrap();
+        assert!(left > 0 && left < 32 << 20, "{left} bytes left");
+    }
 }

@@ -151,6 +151,56 @@ fn concurrent_requests_from_many_threads_get_their_own_replies() {
     server.shutdown();
 }
 
+/// Writes go out from whichever thread changed the node while the socket takes them, and from
+/// the writer thread once it is full; interleaved, they must never repeat or skip a byte.
+#[test]
+fn streams_from_many_threads_arrive_whole_and_in_order_when_sockets_fill() {
+    const SENDERS: usize = 3;
+    const EACH: usize = 100;
+    let server = echo_server();
+    let client = Client::connect(server.local_addr(), NodeConfig::default()).unwrap();
+    let echoes = client.subscribe(3).unwrap();
+    let body = |t: usize, i: usize| {
+        let mut b = body_of(t * 1000 + i, 48 * 1024 + i);
+        b[0] = t as u8;
+        b[1..5].copy_from_slice(&(i as u32).to_le_bytes());
+        b
+    };
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|t| {
+            let client = client.clone();
+            thread::spawn(move || {
+                for i in 0..EACH {
+                    client
+                        .send(
+                            Message::new(&Header::new(3, 0), &body(t, i)),
+                            Priority::Normal,
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut next = [0usize; SENDERS];
+    for _ in 0..SENDERS * EACH {
+        let m = echoes.recv_timeout(WAIT).unwrap();
+        let t = usize::from(m.body[0]);
+        let i = u32::from_le_bytes(m.body[1..5].try_into().unwrap()) as usize;
+        assert_eq!(i, next[t], "sender {t}: out of order");
+        assert!(
+            m.body[..] == body(t, i)[..],
+            "sender {t} message {i}: wrong body"
+        );
+        next[t] += 1;
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+    assert_eq!(echoes.lost(), 0);
+    client.close();
+    server.shutdown();
+}
+
 #[test]
 fn requests_without_an_answer_time_out_and_closed_clients_refuse() {
     let server = echo_server();
