@@ -3,9 +3,12 @@
 //!
 //! The protocol lives in `flowee-proto`; this crate only owns sockets, the clock and tasks. One
 //! [`flowee_proto::Node`] sits behind a mutex that is never held across an `.await`; each socket
-//! has a task that writes many frames per system call and reads into a buffer shared by the
-//! tasks of a thread, and one timer task wakes the node at its deadlines (checking the clock,
-//! not trusting the timer). TCP_NODELAY is on.
+//! has a task that writes many frames per system call and reads straight into the node's
+//! receive buffer, and one timer task wakes the node at its deadlines (checking the clock, not
+//! trusting the timer). A send from anywhere else ([`Client::send`] on another thread, a
+//! request) is written at once by the sender while little waits (up to 64 KiB), so it costs no
+//! wake-up of the socket's task; bulk and what a full socket did not take are left to the task.
+//! TCP_NODELAY is on.
 //!
 //! ```
 //! use flowee_smol::{Client, Header, Message, NodeConfig, Server};

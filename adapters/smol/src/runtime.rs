@@ -38,6 +38,9 @@ const ANSWERED_READ: usize = 16 * 1024;
 /// have thousands a second), and each wake-up handles all that came due in it. Protocol
 /// deadlines are seconds long; a few milliseconds late changes nothing.
 const TIMER_GRAIN_MS: u64 = 10;
+/// The most bytes waiting on a connection that whoever queued them writes at once. More is bulk
+/// traffic, which the connection's task writes between its reads, pacing itself by the socket.
+const AT_ONCE_QUEUED: usize = 64 * 1024;
 /// How long an outgoing TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the accept loop waits after a failed accept (out of descriptors and the like).
@@ -81,6 +84,35 @@ enum ReadOutcome {
     Closed,
 }
 
+/// Writes what the node has for `id` without waiting, at most [`WRITE_BUDGET`] writes, if no
+/// more than [`AT_ONCE_QUEUED`] bytes wait.
+/// Returns whether all of it went out, and whether anything did. A failed write is left to
+/// the connection's task, whose next write fails too.
+fn write_at_once(node: &mut Node, id: ConnId, stream: &Async<TcpStream>) -> (bool, bool) {
+    let mut wrote = false;
+    if node.queued_bytes(id).is_none_or(|q| q > AT_ONCE_QUEUED) {
+        return (false, wrote);
+    }
+    for _ in 0..WRITE_BUDGET {
+        let Some(data) = node.poll_transmit(id) else {
+            return (true, wrote);
+        };
+        let len = data.len();
+        match stream.get_ref().write(data) {
+            Ok(n) => {
+                wrote |= n > 0;
+                node.consume_transmit(id, n);
+                if n < len {
+                    return (false, wrote);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return (false, wrote),
+        }
+    }
+    (false, wrote)
+}
+
 /// `at` rounded up to [`TIMER_GRAIN_MS`] (the end of time stays where it is).
 fn grain(at: Instant) -> Instant {
     match at.as_millis().checked_next_multiple_of(TIMER_GRAIN_MS) {
@@ -98,16 +130,18 @@ fn read_state(outcome: ReadOutcome) -> (bool, bool, bool, usize) {
     }
 }
 
-/// Per-connection wake-up.
+/// A live connection's socket, shared by its task and the pump, and its wake-up.
 struct Signal {
+    stream: Arc<Async<TcpStream>>,
     event: Event,
     disconnect: AtomicBool,
 }
 
 /// The signal of a connection the node just made live, registered under the same lock, so a
 /// disconnect the node decides before the connection's task starts is not lost.
-fn register(inner: &mut Inner, id: ConnId) -> Arc<Signal> {
+fn register(inner: &mut Inner, id: ConnId, stream: Arc<Async<TcpStream>>) -> Arc<Signal> {
     let signal = Arc::new(Signal {
+        stream,
         event: Event::new(),
         disconnect: AtomicBool::new(false),
     });
@@ -307,6 +341,8 @@ impl Runtime {
         stream: Async<TcpStream>,
         peer: SocketAddr,
     ) -> bool {
+        let _ = stream.get_ref().set_nodelay(true);
+        let stream = Arc::new(stream);
         let now = self.now();
         let accepted = {
             let mut inner = self.lock();
@@ -324,11 +360,11 @@ impl Runtime {
                 Err(reason) => NodeEvent::Refused { peer, reason },
             };
             inner.dispatch.emit(&event);
-            result.map(|id| (id, register(&mut inner, id)))
+            let stream = stream.clone();
+            result.map(|id| (id, register(&mut inner, id, stream)))
         };
         match accepted {
             Ok((id, signal)) => {
-                let _ = stream.get_ref().set_nodelay(true);
                 let rt = self.clone();
                 self.spawn(async move { rt.run_connection(id, stream, signal).await });
                 self.pump();
@@ -346,12 +382,13 @@ impl Runtime {
     /// [`Runtime::pump`], without waking the task of `serving` (it is about to write).
     fn pump_except(self: &Arc<Self>, serving: Option<ConnId>) {
         let now = self.now();
-        let (connects, wake_timer) = {
+        let (connects, wake_timer, wrote) = {
             let mut guard = self.lock();
             let inner = &mut *guard;
             inner
                 .dispatch
                 .pump(&mut inner.node, now, &mut inner.actions);
+            let mut wrote = false;
             // Notifying never blocks, so it is done with the lock held (nothing to collect).
             for id in &inner.actions.disconnect {
                 if let Some(s) = inner.conns.get(id) {
@@ -364,7 +401,13 @@ impl Runtime {
                     continue;
                 }
                 if let Some(s) = inner.conns.get(id) {
-                    s.event.notify(usize::MAX);
+                    // Written here, it needs no wake-up of the task (from another thread, a
+                    // system call and a switch); the task writes what the socket did not take.
+                    let (all, some) = write_at_once(&mut inner.node, *id, &s.stream);
+                    wrote |= some;
+                    if !all {
+                        s.event.notify(usize::MAX);
+                    }
                 }
             }
             let connects: Vec<_> = inner.actions.connect.drain(..).collect();
@@ -373,8 +416,11 @@ impl Runtime {
                 (Some(sleeping), Some(next)) => grain(next) < sleeping,
                 _ => false,
             };
-            (connects, wake_timer)
+            (connects, wake_timer, wrote)
         };
+        if wrote {
+            self.written.notify(usize::MAX);
+        }
         for (id, addr) in connects {
             let rt = self.clone();
             self.spawn(async move { rt.connect(id, addr).await });
@@ -401,13 +447,14 @@ impl Runtime {
         match attempt {
             Ok(stream) => {
                 let _ = stream.get_ref().set_nodelay(true);
+                let stream = Arc::new(stream);
                 let signal = {
                     let mut inner = self.lock();
                     if inner.node.handle_connected(now, id).is_err() {
                         return;
                     }
                     inner.dispatch.add_peer(id, addr);
-                    register(&mut inner, id)
+                    register(&mut inner, id, stream.clone())
                 };
                 let rt = self.clone();
                 self.spawn(async move { rt.run_connection(id, stream, signal).await });
@@ -516,7 +563,7 @@ impl Runtime {
     async fn run_connection(
         self: Arc<Self>,
         id: ConnId,
-        stream: Async<TcpStream>,
+        stream: Arc<Async<TcpStream>>,
         signal: Arc<Signal>,
     ) {
         // The node took no input at the last read (backpressure).
@@ -735,6 +782,54 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowee_proto::{Header, Message, Priority};
+
+    /// A node with one accepted connection and `body` queued on it, its non-blocking socket,
+    /// and the peer's end of that socket.
+    fn queued(body: &[u8]) -> (Node, ConnId, Async<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, addr) = listener.accept().unwrap();
+        let mut node = Node::new(Instant::ZERO, NodeConfig::default());
+        let id = node.accept(Instant::ZERO, addr).unwrap();
+        let header = Header::new(3, 1);
+        node.send(
+            Instant::ZERO,
+            id,
+            Message::new(&header, body),
+            Priority::Normal,
+        )
+        .unwrap();
+        (node, id, Async::new(stream).unwrap(), peer)
+    }
+
+    #[test]
+    fn what_the_socket_takes_is_written_at_once() {
+        let (mut node, id, stream, mut peer) = queued(b"hello");
+        assert_eq!(write_at_once(&mut node, id, &stream), (true, true));
+        assert_eq!(node.queued_bytes(id), Some(0));
+        let mut buf = [0u8; 64];
+        assert!(peer.read(&mut buf).unwrap() > 5);
+    }
+
+    #[test]
+    fn bulk_is_left_to_the_task() {
+        let (mut node, id, stream, _peer) = queued(&vec![7u8; AT_ONCE_QUEUED + 1]);
+        let queued = node.queued_bytes(id);
+        assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
+        assert_eq!(node.queued_bytes(id), queued);
+    }
+
+    #[test]
+    fn what_a_full_socket_does_not_take_is_left_to_the_task() {
+        let (mut node, id, stream, _peer) = queued(b"hello");
+        // Fill the socket while the peer reads nothing.
+        let junk = vec![0u8; 1 << 20];
+        while stream.get_ref().write(&junk).is_ok() {}
+        let queued = node.queued_bytes(id);
+        assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
+        assert_eq!(node.queued_bytes(id), queued);
+    }
 
     #[test]
     fn deadlines_round_up_to_the_grain() {
