@@ -171,6 +171,7 @@ fn flowee_throughput(addr: SocketAddr, count: u64, size: usize, window: usize) -
         size,
         window,
         latency: false,
+        requests: false,
         adapter: Adapter::Smol,
         timeout: Duration::from_secs(600),
     };
@@ -187,6 +188,7 @@ fn flowee_round_trip(addr: SocketAddr, count: u64, adapter: Adapter) -> (f64, f6
         size: 100,
         window: 1,
         latency: true,
+        requests: false,
         adapter,
         timeout: Duration::from_secs(600),
     };

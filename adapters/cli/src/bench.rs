@@ -47,6 +47,10 @@ pub struct Bench {
     pub window: usize,
     /// Time single round trips instead.
     pub latency: bool,
+    /// Time `request` calls made one after another on the calling thread, outside the
+    /// adapter's own threads and tasks, as an application makes them (round trips as in
+    /// `latency`, through the request path).
+    pub requests: bool,
     /// The client's adapter.
     pub adapter: Adapter,
     /// Give up after this long.
@@ -325,6 +329,9 @@ fn bench_config() -> NodeConfig {
 /// sender, the sender waking the writer), each about 25 µs on these machines. The calling
 /// thread only waits, and does not drive the reactor either, so one thread does it all.
 pub fn run_smol(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
+    if bench.requests {
+        return smol::block_on(smol_requests(addr, bench));
+    }
     let (addr, bench) = (addr.to_owned(), *bench);
     smol::future::block_on(smol::spawn(async move { smol_bench(&addr, &bench).await }))
 }
@@ -381,10 +388,104 @@ async fn smol_bench(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
     echoes.outcome(elapsed)
 }
 
+/// `bench --requests` on the smol adapter: awaited on the calling thread, while the
+/// connection's task runs on smol's executor.
+async fn smol_requests(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
+    let client = flowee_smol::Client::connect(addr, bench_config())
+        .await
+        .map_err(|e| Failure(format!("cannot connect to {addr}: {e}")))?;
+    let mut timed = Timed::new(bench);
+    for _ in 0..bench.count {
+        let left = timed.left()?;
+        let started = Instant::now();
+        let reply = client.request(timed.message(), left).await;
+        let body = reply.as_ref().map(|m| &m.body[..]);
+        timed.record(started, body.map_err(|e| e.to_string()))?;
+    }
+    client.close().await;
+    Ok(timed.outcome())
+}
+
+/// `bench --requests` on the std adapter.
+fn std_requests(client: &flowee_std::Client, bench: &Bench) -> Result<Outcome, Failure> {
+    let mut timed = Timed::new(bench);
+    for _ in 0..bench.count {
+        let left = timed.left()?;
+        let started = Instant::now();
+        let reply = client.request(timed.message(), left);
+        let body = reply.as_ref().map(|m| &m.body[..]);
+        timed.record(started, body.map_err(|e| e.to_string()))?;
+    }
+    Ok(timed.outcome())
+}
+
+/// Round trips of requests made one after another (`--requests`).
+struct Timed {
+    header: Header,
+    body: Vec<u8>,
+    count: u64,
+    end: Instant,
+    sorted: Vec<Duration>,
+}
+
+impl Timed {
+    fn new(bench: &Bench) -> Self {
+        Timed {
+            header: Header::new(BENCH_SERVICE, 1),
+            body: (0..bench.size).map(|i| i as u8).collect(),
+            count: bench.count,
+            end: Instant::now() + bench.timeout,
+            sorted: Vec::with_capacity(bench.count as usize),
+        }
+    }
+
+    fn message(&self) -> Message<'_> {
+        Message::new(&self.header, &self.body)
+    }
+
+    /// The time left for the run.
+    fn left(&self) -> Result<Duration, Failure> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure(format!(
+                "timed out: {} of {} requests answered",
+                self.sorted.len(),
+                self.count
+            )));
+        }
+        Ok(left)
+    }
+
+    /// Keeps the round trip of a request sent at `started`, if its reply is the echo.
+    fn record(&mut self, started: Instant, reply: Result<&[u8], String>) -> Result<(), Failure> {
+        let elapsed = started.elapsed();
+        match reply {
+            Ok(body) if body == self.body => {
+                self.sorted.push(elapsed);
+                Ok(())
+            }
+            Ok(_) => Err(Failure("an echo differs from what was sent".into())),
+            Err(e) => Err(Failure(format!("request failed: {e}"))),
+        }
+    }
+
+    fn outcome(mut self) -> Outcome {
+        self.sorted.sort_unstable();
+        Outcome::Latency(Latency {
+            sorted: self.sorted,
+        })
+    }
+}
+
 /// `bench` on the std adapter.
 pub fn run_std(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
     let client = flowee_std::Client::connect(addr, bench_config())
         .map_err(|e| Failure(format!("cannot connect to {addr}: {e}")))?;
+    if bench.requests {
+        let outcome = std_requests(&client, bench);
+        client.close();
+        return outcome;
+    }
     let (echoes, start) = start(
         bench,
         |handler| client.handle(BENCH_SERVICE, None, handler),
@@ -477,6 +578,7 @@ mod tests {
             size: 100,
             window: 1,
             latency: false,
+            requests: false,
             adapter: Adapter::Smol,
             timeout: Duration::from_secs(1),
         }

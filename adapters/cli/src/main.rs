@@ -79,6 +79,10 @@ enum Command {
         /// One message in flight; print the median and 99th percentile round trip.
         #[arg(long)]
         latency: bool,
+        /// Like --latency, through `Client::request` awaited on the calling thread, as an
+        /// application makes requests (not from the adapter's own threads and tasks).
+        #[arg(long)]
+        requests: bool,
         /// The adapter that runs the client: smol or std.
         #[arg(long, default_value = "smol")]
         adapter: bench::Adapter,
@@ -330,6 +334,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             size,
             window,
             latency,
+            requests,
             adapter,
             timeout,
         } => {
@@ -341,6 +346,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 size,
                 window,
                 latency,
+                requests,
                 adapter,
                 timeout: seconds(timeout)?,
             };

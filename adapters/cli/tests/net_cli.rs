@@ -307,3 +307,58 @@ fn the_demo_runs_where_its_peer_address_cannot_be_bound() {
     smol::block_on(flowee_cli::demo::demo_from(peer)).unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// Every `bench` mode on both adapters, against both servers, small enough to be quick: the
+/// output names what was measured, and the figures are positive.
+#[test]
+fn bench_measures_throughput_latency_and_requests_on_both_adapters() {
+    let figure = |out: &str, key: &str| -> f64 {
+        let field = out
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {out:?}"));
+        field.parse().unwrap()
+    };
+    for server in ["smol", "std"] {
+        let s = Serve::start_with(&["--echo", "--adapter", server]);
+        for client in ["smol", "std"] {
+            let modes: [&[&str]; 4] = [
+                &["--count", "300", "--size", "100", "--window", "50"],
+                &["--count", "20", "--size", "20000", "--window", "4"],
+                &["--latency", "--count", "100"],
+                &["--requests", "--count", "100", "--size", "9000"],
+            ];
+            for mode in modes {
+                let o = bin()
+                    .args(["bench", &s.addr, "--adapter", client])
+                    .args(mode)
+                    .output()
+                    .unwrap();
+                let out = String::from_utf8_lossy(&o.stdout);
+                assert!(o.status.success(), "{server}/{client} {mode:?}: {o:?}");
+                let key = if mode.contains(&"--count") && mode.contains(&"--window") {
+                    "msgs_per_s="
+                } else {
+                    "median_us="
+                };
+                assert!(figure(&out, key) > 0.0, "{server}/{client} {mode:?}: {out}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bench_against_nobody_fails_with_a_message() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    for mode in ["--latency", "--requests"] {
+        let o = bin()
+            .args(["bench", &addr, mode, "--count", "1"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("cannot connect"), "{mode}: {err}");
+    }
+}
