@@ -328,6 +328,8 @@ fn bench_config() -> NodeConfig {
 /// the calling thread would cost two cross-thread wake-ups per message (the echo waking the
 /// sender, the sender waking the writer), each about 25 µs on these machines. The calling
 /// thread only waits, and does not drive the reactor either, so one thread does it all.
+/// `--requests` is the exception: it measures that very path, awaiting each request on the
+/// calling thread (in `smol::block_on`, which drives the reactor while the thread waits).
 pub fn run_smol(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
     if bench.requests {
         return smol::block_on(smol_requests(addr, bench));

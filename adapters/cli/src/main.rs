@@ -81,7 +81,7 @@ enum Command {
         latency: bool,
         /// Like --latency, through `Client::request` awaited on the calling thread, as an
         /// application makes requests (not from the adapter's own threads and tasks).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["latency", "window"])]
         requests: bool,
         /// The adapter that runs the client: smol or std.
         #[arg(long, default_value = "smol")]

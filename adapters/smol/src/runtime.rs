@@ -41,6 +41,9 @@ const TIMER_GRAIN_MS: u64 = 10;
 /// The most bytes waiting on a connection that whoever queued them writes at once. More is bulk
 /// traffic, which the connection's task writes between its reads, pacing itself by the socket.
 const AT_ONCE_QUEUED: usize = 64 * 1024;
+/// Connections one pump writes to at once at most; the tasks of the others are woken, so a
+/// message to thousands of peers does not hold the lock for thousands of system calls.
+const AT_ONCE_CONNECTIONS: usize = 64;
 /// How long an outgoing TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the accept loop waits after a failed accept (out of descriptors and the like).
@@ -374,7 +377,8 @@ impl Runtime {
         }
     }
 
-    /// Drains the node's outputs (calling services), then wakes, closes and opens sockets.
+    /// Drains the node's outputs (calling services), then writes (see [`write_at_once`]),
+    /// wakes, closes and opens sockets.
     pub(crate) fn pump(self: &Arc<Self>) {
         self.pump_except(None);
     }
@@ -388,7 +392,6 @@ impl Runtime {
             inner
                 .dispatch
                 .pump(&mut inner.node, now, &mut inner.actions);
-            let mut wrote = false;
             // Notifying never blocks, so it is done with the lock held (nothing to collect).
             for id in &inner.actions.disconnect {
                 if let Some(s) = inner.conns.get(id) {
@@ -396,6 +399,8 @@ impl Runtime {
                     s.event.notify(usize::MAX);
                 }
             }
+            let mut wrote = false;
+            let mut at_once = AT_ONCE_CONNECTIONS;
             for id in &inner.actions.wake {
                 if Some(*id) == serving {
                     continue;
@@ -403,7 +408,12 @@ impl Runtime {
                 if let Some(s) = inner.conns.get(id) {
                     // Written here, it needs no wake-up of the task (from another thread, a
                     // system call and a switch); the task writes what the socket did not take.
-                    let (all, some) = write_at_once(&mut inner.node, *id, &s.stream);
+                    let (all, some) = if at_once > 0 {
+                        at_once -= 1;
+                        write_at_once(&mut inner.node, *id, &s.stream)
+                    } else {
+                        (false, false)
+                    };
                     wrote |= some;
                     if !all {
                         s.event.notify(usize::MAX);
@@ -660,8 +670,21 @@ impl Runtime {
                 (open, unread, held_back, _) = read_state(self.read(id, &stream, limit));
             }
         }
+        // The socket closes when the last of `stream` and the signal's copy goes, here.
         drop(stream);
-        self.lock().conns.remove(&id);
+        {
+            let mut inner = self.lock();
+            // After a disconnect the node may have reconnected already: a newer socket of the
+            // same connection stays.
+            if inner
+                .conns
+                .get(&id)
+                .is_some_and(|s| Arc::ptr_eq(s, &signal))
+            {
+                inner.conns.remove(&id);
+            }
+        }
+        drop(signal);
         self.written.notify(usize::MAX);
     }
 

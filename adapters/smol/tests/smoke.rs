@@ -161,3 +161,45 @@ fn streams_sent_from_other_threads_arrive_whole_and_in_order() {
         server.shutdown().await;
     });
 }
+
+/// A broadcast to more peers than one pump writes to at once: the first are written by the
+/// broadcasting thread, the tasks of the rest are woken, and every peer gets it.
+#[test]
+fn a_broadcast_to_many_peers_reaches_every_one() {
+    const PEERS: usize = 80;
+    smol::block_on(async {
+        let server = common::server_for_3(echo).await;
+        let mut events = server.events();
+        let mut clients = Vec::new();
+        for _ in 0..PEERS {
+            let client = Client::connect(server.local_addr(), NodeConfig::default())
+                .await
+                .unwrap();
+            let sub = client.subscribe(9).unwrap();
+            clients.push((client, sub));
+        }
+        let mut connected = 0;
+        while connected < PEERS {
+            let e = events.next().await.unwrap();
+            connected += usize::from(matches!(e, flowee_smol::NodeEvent::Connected { .. }));
+        }
+        let (queued, refused) = server.broadcast(
+            Message::new(&Header::new(9, 1), b"to all"),
+            Priority::Normal,
+        );
+        assert_eq!((queued, refused.len()), (PEERS, 0));
+        for (i, (_, sub)) in clients.iter_mut().enumerate() {
+            let m = smol::future::or(async { sub.next().await }, async {
+                smol::Timer::after(Duration::from_secs(10)).await;
+                None
+            })
+            .await
+            .unwrap_or_else(|| panic!("peer {i} got nothing"));
+            assert_eq!(&m.body[..], b"to all");
+        }
+        for (client, _) in &clients {
+            client.close().await;
+        }
+        server.shutdown().await;
+    });
+}

@@ -4,11 +4,12 @@
 //! The protocol lives in `flowee-proto`; this crate only owns sockets, the clock and threads.
 //! One [`flowee_proto::Node`] sits behind a mutex that is never held across blocking I/O. Each
 //! socket has a reader thread (blocking reads into its own 64 KiB buffer, handed to the node
-//! with the lock held only for that) and a writer thread. On Linux, whichever thread gives the
-//! node something to send (the reader handling a request, a caller of [`Client::send`]) also
-//! writes it at once with a write that cannot block (`MSG_DONTWAIT`), so an answer costs the
-//! same two system calls as a bare blocking ping-pong. What the socket does not take, and
-//! everything elsewhere, goes to the writer thread (woken when the node has bytes, copies up to
+//! with the lock held only for that) and a writer thread. On Linux and Android, whichever
+//! thread gives the node something to send (the reader handling a request, a caller of
+//! [`Client::send`]) also writes it at once, with a write that
+//! cannot block (`MSG_DONTWAIT`), so an answer costs the same two system calls as a bare
+//! blocking ping-pong. What the socket does not take, and everything on other platforms,
+//! go to the writer thread (woken when the node has bytes, copies up to
 //! 256 KiB of frames, writes without the lock, keeps partial writes). One timer
 //! thread wakes the node at its deadlines, checking the clock rather than trusting the wait;
 //! connects run on threads of their own. TCP_NODELAY is on.

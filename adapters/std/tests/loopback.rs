@@ -658,3 +658,34 @@ fn ids_stay_distinct_across_clients() {
     b.close();
     server.shutdown();
 }
+
+/// A broadcast to more peers than one settle writes to at once: the first are written by the
+/// broadcasting thread, the writers of the rest are woken, and every peer gets it.
+#[test]
+fn a_broadcast_to_many_peers_reaches_every_one() {
+    const PEERS: usize = 80;
+    let server = echo_server();
+    let events = server.events();
+    let clients: Vec<Client> = (0..PEERS)
+        .map(|_| Client::connect(server.local_addr(), NodeConfig::default()).unwrap())
+        .collect();
+    let subs: Vec<_> = clients.iter().map(|c| c.subscribe(9).unwrap()).collect();
+    for _ in 0..PEERS {
+        wait_event(&events, WAIT, |e| matches!(e, NodeEvent::Connected { .. }));
+    }
+    let (queued, refused) = server.broadcast(
+        Message::new(&Header::new(9, 1), b"to all"),
+        Priority::Normal,
+    );
+    assert_eq!((queued, refused.len()), (PEERS, 0));
+    for (i, sub) in subs.iter().enumerate() {
+        let m = sub
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("peer {i}: {e}"));
+        assert_eq!(&m.body[..], b"to all");
+    }
+    for c in &clients {
+        c.close();
+    }
+    server.shutdown();
+}
