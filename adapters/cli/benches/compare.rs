@@ -9,7 +9,8 @@
 //!   round trips: the floor any protocol stack sits on).
 //!
 //! Every end has its own thread, TCP_NODELAY is on, and each figure is the median of five
-//! runs. It prints each figure and the ratio flowee / baseline.
+//! runs; the runs of the stacks compared in a row take turns. It prints each figure and the
+//! ratio flowee / baseline.
 //!
 //! A round trip costs what its wake-ups cost, and those depend on where the two ends run: a
 //! wake-up across cores costs about 25 µs on a 2-vCPU VM, one on the same core a few. So the
@@ -52,11 +53,17 @@ fn main() {
     println!("|---|---|---|---|---|");
 
     let small = n(1_000_000);
-    let before = flowee_sim::counting::allocations();
-    let ours = median(|| flowee_throughput(server.addr, small, 100, 500));
-    let per_message =
-        (flowee_sim::counting::allocations() - before) as f64 / (small * RUNS as u64) as f64;
-    let theirs = median(|| tokio_throughput(small, 100, 500));
+    let mut allocations = 0;
+    let [(ours, _), (theirs, _)] = alternating([
+        &mut || {
+            let before = flowee_sim::counting::allocations();
+            let ours = flowee_throughput(server.addr, small, 100, 500);
+            allocations += flowee_sim::counting::allocations() - before;
+            (ours, 0.0)
+        },
+        &mut || (tokio_throughput(small, 100, 500), 0.0),
+    ]);
+    let per_message = allocations as f64 / (small * RUNS as u64) as f64;
     println!(
         "| {small} × 100 B echo, 500 in flight (msgs/s) | {} | {} | | {:.2}× tokio-util |",
         millions(ours),
@@ -65,8 +72,16 @@ fn main() {
     );
 
     let large = n(200);
-    let ours = median(|| flowee_throughput(server.addr, large, 1 << 20, 16) * (1 << 20) as f64);
-    let theirs = median(|| tokio_throughput(large, 1 << 20, 16) * (1 << 20) as f64);
+    let mib = (1 << 20) as f64;
+    let [(ours, _), (theirs, _)] = alternating([
+        &mut || {
+            (
+                flowee_throughput(server.addr, large, 1 << 20, 16) * mib,
+                0.0,
+            )
+        },
+        &mut || (tokio_throughput(large, 1 << 20, 16) * mib, 0.0),
+    ]);
     println!(
         "| {large} × 1 MiB echo, 16 in flight (bytes/s) | {:.2} GB/s | {:.2} GB/s | | {:.2}× tokio-util |",
         ours / 1e9,
@@ -88,9 +103,12 @@ fn main() {
                 place::pin_process(pid, &[server_core]);
             }
         }
-        let (raw_median, raw_p99) = median2(|| raw_round_trip(trips, cores.map(|c| c.1)));
-        for (name, adapter, addr, _) in servers {
-            let (ours_median, ours_p99) = median2(|| flowee_round_trip(addr, trips, adapter));
+        let [(raw_median, raw_p99), smol, std] = alternating([
+            &mut || raw_round_trip(trips, cores.map(|c| c.1)),
+            &mut || flowee_round_trip(servers[0].2, trips, servers[0].1),
+            &mut || flowee_round_trip(servers[1].2, trips, servers[1].1),
+        ]);
+        for ((name, ..), (ours_median, ours_p99)) in servers.iter().zip([smol, std]) {
             println!(
                 "| {trips} × 100 B round trip, {name} adapter, {ends}, median (p99) | {:.1} µs ({:.1}) | | {:.1} µs ({:.1}) | {:.2}× raw TCP |",
                 ours_median,
@@ -136,20 +154,24 @@ fn millions(per_s: f64) -> String {
     format!("{:.2} M", per_s / 1e6)
 }
 
-fn median(mut run: impl FnMut() -> f64) -> f64 {
-    let mut v: Vec<f64> = (0..RUNS).map(|_| run()).collect();
-    v.sort_by(f64::total_cmp);
-    v[RUNS / 2]
-}
-
-fn median2(mut run: impl FnMut() -> (f64, f64)) -> (f64, f64) {
-    let runs: Vec<(f64, f64)> = (0..RUNS).map(|_| run()).collect();
-    let pick = |f: fn(&(f64, f64)) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[RUNS / 2]
-    };
-    (pick(|r| r.0), pick(|r| r.1))
+/// Runs each workload [`RUNS`] times, taking turns, so that a slow spell of this shared
+/// machine falls on all of them alike; returns the median of each workload's first and
+/// second figure.
+fn alternating<const N: usize>(mut runs: [&mut dyn FnMut() -> (f64, f64); N]) -> [(f64, f64); N] {
+    let mut results: [Vec<(f64, f64)>; N] = std::array::from_fn(|_| Vec::new());
+    for _ in 0..RUNS {
+        for (run, result) in runs.iter_mut().zip(results.iter_mut()) {
+            result.push(run());
+        }
+    }
+    results.map(|runs| {
+        let pick = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[RUNS / 2]
+        };
+        (pick(|r| r.0), pick(|r| r.1))
+    })
 }
 
 // -----------------------------------------------------------------------------------------
