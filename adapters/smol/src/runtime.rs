@@ -152,6 +152,14 @@ fn register(inner: &mut Inner, id: ConnId, stream: Arc<Async<TcpStream>>) -> Arc
     signal
 }
 
+/// Forgets the signal of a connection whose task ended, unless the node has reconnected it
+/// already: a newer socket of the same connection stays.
+fn unregister(inner: &mut Inner, id: ConnId, signal: &Arc<Signal>) {
+    if inner.conns.get(&id).is_some_and(|s| Arc::ptr_eq(s, signal)) {
+        inner.conns.remove(&id);
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) node: Node,
     pub(crate) dispatch: Dispatch,
@@ -672,18 +680,7 @@ impl Runtime {
         }
         // The socket closes when the last of `stream` and the signal's copy goes, here.
         drop(stream);
-        {
-            let mut inner = self.lock();
-            // After a disconnect the node may have reconnected already: a newer socket of the
-            // same connection stays.
-            if inner
-                .conns
-                .get(&id)
-                .is_some_and(|s| Arc::ptr_eq(s, &signal))
-            {
-                inner.conns.remove(&id);
-            }
-        }
+        unregister(&mut self.lock(), id, &signal);
         drop(signal);
         self.written.notify(usize::MAX);
     }
@@ -824,6 +821,22 @@ mod tests {
         )
         .unwrap();
         (node, id, Async::new(stream).unwrap(), peer)
+    }
+
+    #[test]
+    fn a_task_that_ends_late_leaves_the_reconnected_socket_registered() {
+        let (node, id, stream, _peer) = queued(b"");
+        let rt = Runtime::new(NodeConfig::default());
+        let mut inner = rt.lock();
+        inner.node = node;
+        let stream = Arc::new(stream);
+        let old = register(&mut inner, id, stream.clone());
+        // The node reconnected before the old socket's task ended.
+        let new = register(&mut inner, id, stream);
+        unregister(&mut inner, id, &old);
+        assert!(inner.conns.get(&id).is_some_and(|s| Arc::ptr_eq(s, &new)));
+        unregister(&mut inner, id, &new);
+        assert!(inner.conns.is_empty());
     }
 
     #[test]
