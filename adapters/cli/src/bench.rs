@@ -146,6 +146,11 @@ pub const BENCH_SERVICE: i32 = 100;
 /// them (as a `Sink` waits in `poll_ready`) instead of piling up in memory.
 const PACE: usize = 64 * 1024;
 
+/// The body every benchmark message carries: `size` bytes, byte i being i mod 256.
+fn payload(size: usize) -> Vec<u8> {
+    (0..size).map(|i| i as u8).collect()
+}
+
 /// State shared by the client's echo handler and the code waiting for it.
 struct Echoes {
     header: Header,
@@ -174,7 +179,7 @@ impl Echoes {
         let count = bench.count;
         Arc::new(Echoes {
             header: Header::new(BENCH_SERVICE, 1),
-            body: (0..bench.size).map(|i| i as u8).collect(),
+            body: payload(bench.size),
             count,
             latency: bench.latency,
             sent: AtomicU64::new(0),
@@ -434,7 +439,7 @@ impl Timed {
     fn new(bench: &Bench) -> Self {
         Timed {
             header: Header::new(BENCH_SERVICE, 1),
-            body: (0..bench.size).map(|i| i as u8).collect(),
+            body: payload(bench.size),
             count: bench.count,
             end: Instant::now() + bench.timeout,
             sorted: Vec::with_capacity(bench.count as usize),
