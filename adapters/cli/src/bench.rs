@@ -146,6 +146,23 @@ pub const BENCH_SERVICE: i32 = 100;
 /// them (as a `Sink` waits in `poll_ready`) instead of piling up in memory.
 const PACE: usize = 64 * 1024;
 
+/// A request that fails this close to the end of the run failed because the run's time ran
+/// out.
+const RUN_END_SLACK: Duration = Duration::from_millis(50);
+
+/// Round trips recorded before any arrive at most: a huge `--count` grows the record as
+/// round trips come instead of asking for all its memory up front.
+const PREALLOCATED_ROUND_TRIPS: usize = 1 << 20;
+
+/// Room for the round trips of `count` messages, up to [`PREALLOCATED_ROUND_TRIPS`].
+fn round_trips(count: u64) -> Vec<Duration> {
+    Vec::with_capacity(
+        usize::try_from(count).map_or(PREALLOCATED_ROUND_TRIPS, |c| {
+            c.min(PREALLOCATED_ROUND_TRIPS)
+        }),
+    )
+}
+
 /// The body every benchmark message carries: `size` bytes, byte i being i mod 256.
 fn payload(size: usize) -> Vec<u8> {
     (0..size).map(|i| i as u8).collect()
@@ -192,7 +209,11 @@ impl Echoes {
             send_error: Mutex::new(None),
             timing: Mutex::new((
                 Instant::now(),
-                Vec::with_capacity(if bench.latency { count as usize } else { 0 }),
+                if bench.latency {
+                    round_trips(count)
+                } else {
+                    Vec::new()
+                },
             )),
         })
     }
@@ -402,15 +423,20 @@ async fn smol_requests(addr: &str, bench: &Bench) -> Result<Outcome, Failure> {
         .await
         .map_err(|e| Failure(format!("cannot connect to {addr}: {e}")))?;
     let mut timed = Timed::new(bench);
-    for _ in 0..bench.count {
-        let left = timed.left()?;
-        let started = Instant::now();
-        let reply = client.request(timed.message(), left).await;
-        let body = reply.as_ref().map(|m| &m.body[..]);
-        timed.record(started, body.map_err(|e| e.to_string()))?;
-    }
+    let run = async {
+        for _ in 0..bench.count {
+            let left = timed.left()?;
+            let started = Instant::now();
+            let reply = client.request(timed.message(), left).await;
+            let body = reply.as_ref().map(|m| &m.body[..]);
+            timed.record(started, body.map_err(|e| e.to_string()))?;
+        }
+        Ok(())
+    };
+    let result = run.await;
+    // Closed on failure too, so the connection ends before this returns.
     client.close().await;
-    Ok(timed.outcome())
+    result.map(|()| timed.outcome())
 }
 
 /// `bench --requests` on the std adapter.
@@ -442,7 +468,7 @@ impl Timed {
             body: payload(bench.size),
             count: bench.count,
             end: Instant::now() + bench.timeout,
-            sorted: Vec::with_capacity(bench.count as usize),
+            sorted: round_trips(bench.count),
         }
     }
 
@@ -454,13 +480,17 @@ impl Timed {
     fn left(&self) -> Result<Duration, Failure> {
         let left = self.end.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Failure(format!(
-                "timed out: {} of {} requests answered",
-                self.sorted.len(),
-                self.count
-            )));
+            return Err(self.timed_out());
         }
         Ok(left)
+    }
+
+    fn timed_out(&self) -> Failure {
+        Failure(format!(
+            "timed out: {} of {} requests answered",
+            self.sorted.len(),
+            self.count
+        ))
     }
 
     /// Keeps the round trip of a request sent at `started`, if its reply is the echo.
@@ -472,6 +502,11 @@ impl Timed {
                 Ok(())
             }
             Ok(_) => Err(Failure("an echo differs from what was sent".into())),
+            // The request was given only the time left for the run, so a failure at its end
+            // is the run timing out (the node's clock counts whole milliseconds).
+            Err(_) if self.end.saturating_duration_since(Instant::now()) < RUN_END_SLACK => {
+                Err(self.timed_out())
+            }
             Err(e) => Err(Failure(format!("request failed: {e}"))),
         }
     }

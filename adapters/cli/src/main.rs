@@ -67,8 +67,8 @@ enum Command {
     Bench {
         /// Server address, e.g. 127.0.0.1:1235.
         addr: String,
-        /// Messages to echo.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Messages to echo (at least 1).
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         count: u64,
         /// Body size in bytes (above 8000, messages go as sequences).
         #[arg(long, default_value_t = 100)]

@@ -347,6 +347,33 @@ fn bench_measures_throughput_latency_and_requests_on_both_adapters() {
     }
 }
 
+/// A server that answers nothing: `--requests` reports the run's timeout (not the last
+/// request's), on both adapters; and a count of 0 is refused.
+#[test]
+fn bench_requests_time_out_as_a_run_and_count_zero_is_refused() {
+    let s = Serve::start_with(&[]);
+    for client in ["smol", "std"] {
+        let o = bin()
+            .args(["bench", &s.addr, "--requests", "--count", "3"])
+            .args(["--timeout", "0.3", "--adapter", client])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("timed out: 0 of 3 requests answered"),
+            "{client}: {err}"
+        );
+    }
+    let o = bin()
+        .args(["bench", &s.addr, "--count", "0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--count"), "{err}");
+}
+
 #[test]
 fn bench_against_nobody_fails_with_a_message() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
