@@ -150,8 +150,8 @@ const PACE: usize = 64 * 1024;
 /// out.
 const RUN_END_SLACK: Duration = Duration::from_millis(50);
 
-/// Round trips recorded before any arrive at most: a huge `--count` grows the record as
-/// round trips come instead of asking for all its memory up front.
+/// The most round trips the record makes room for up front: with a huge `--count` it grows
+/// as round trips come, instead of asking for all its memory at the start.
 const PREALLOCATED_ROUND_TRIPS: usize = 1 << 20;
 
 /// Room for the round trips of `count` messages, up to [`PREALLOCATED_ROUND_TRIPS`].
