@@ -211,10 +211,29 @@ pub async fn demo_from(peer: Ipv4Addr) -> Result<(), Failure> {
         spare.shutdown().await;
     }
 
-    // 5. A server restart: messages sent while it is down go out after the reconnect.
+    // 5. A server restart: messages sent while it is down go out after the reconnect. They
+    // are sent once the client has seen the drop: a message the socket takes whole before
+    // that is gone with the old connection (TCP cannot say whether the peer read it).
     let mut echoes = client.subscribe(3).map_err(fail)?;
+    let mut dropped = client.events();
     t.say("restarting the server");
     server.shutdown().await;
+    let seen = async {
+        while let Some(e) = dropped.next().await {
+            if matches!(e, NodeEvent::Reconnecting { .. }) {
+                return true;
+            }
+        }
+        false
+    };
+    let timeout = async {
+        smol::Timer::after(Duration::from_secs(5)).await;
+        false
+    };
+    if !smol::future::or(seen, timeout).await {
+        return Err(fail("the client did not notice the server's restart"));
+    }
+    drop(dropped);
     for i in 0..3 {
         client
             .send(

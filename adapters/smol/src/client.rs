@@ -23,7 +23,9 @@ use std::time::Duration;
 /// waits: a full queue gives the message back in [`SendError::QueueFull`]. When the
 /// connection drops, the client reconnects by itself (backoff 0, 4, 13, 32, 44 s after failed
 /// connects) and sends what was queued, from the start of any message that was cut short
-/// (at-least-once delivery). Dropping the last clone starts [`Client::close`] in the
+/// (at-least-once delivery for what the old socket had not taken whole; a message it took
+/// whole just before the drop is not sent again, as TCP cannot say whether the peer read it:
+/// where that matters, use [`Client::request`]). Dropping the last clone starts [`Client::close`] in the
 /// background: what is queued is still written (for at most five seconds), as with the std
 /// adapter; await [`Client::close`] to know when it is done.
 #[derive(Clone)]

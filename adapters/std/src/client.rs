@@ -31,7 +31,10 @@ impl Drop for Owner {
 /// blocks: a full queue gives the message back in [`SendError::QueueFull`]. When the
 /// connection drops, the client reconnects by itself (backoff 0, 4, 13, 32, 44 s after failed
 /// connects) and sends what was queued, from the start of any message that was cut short
-/// (at-least-once delivery). Dropping the last clone closes it like [`Client::close`].
+/// (at-least-once delivery for what the old socket had not taken whole; a message it took
+/// whole just before the drop is not sent again, as TCP cannot say whether the peer read it:
+/// where that matters, use [`Client::request`]). Dropping the last clone closes it like
+/// [`Client::close`].
 #[derive(Clone)]
 pub struct Client {
     rt: Arc<Runtime>,

@@ -11,7 +11,8 @@
 //! gone is refused with a typed error, never mistaken for a newer connection. An outgoing
 //! connection keeps its id across reconnects, and what was queued on it goes out after the
 //! reconnect (at-least-once: a message that was partly written when the connection dropped is
-//! sent again from its start).
+//! sent again from its start; one the socket took whole is not, as TCP cannot say whether the
+//! peer read it).
 //!
 //! Without an allocator every table is a fixed array, and connections use
 //! [`Fixed`](crate::storage::Fixed) storage. Two such nodes joined in memory (this example runs
