@@ -88,12 +88,12 @@ enum ReadOutcome {
 }
 
 /// Writes what the node has for `id` without waiting, at most [`WRITE_BUDGET`] writes, if no
-/// more than [`AT_ONCE_QUEUED`] bytes wait.
+/// more than [`AT_ONCE_QUEUED`] bytes wait and nothing waits to be read.
 /// Returns whether all of it went out, and whether anything did. A failed write is left to
 /// the connection's task, whose next write fails too.
 fn write_at_once(node: &mut Node, id: ConnId, stream: &Async<TcpStream>) -> (bool, bool) {
     let mut wrote = false;
-    if node.queued_bytes(id).is_none_or(|q| q > AT_ONCE_QUEUED) {
+    if node.queued_bytes(id).is_none_or(|q| q > AT_ONCE_QUEUED) || input_waiting(stream) {
         return (false, wrote);
     }
     for _ in 0..WRITE_BUDGET {
@@ -114,6 +114,14 @@ fn write_at_once(node: &mut Node, id: ConnId, stream: &Async<TcpStream>) -> (boo
         }
     }
     (false, wrote)
+}
+
+/// Whether the socket has something to read: data, the peer's close or an error. The
+/// connection's task reads before it writes; written here first, a message could go to a peer
+/// that has closed already (its close not read yet), and TCP would take it and lose it.
+fn input_waiting(stream: &Async<TcpStream>) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(stream.get_ref().peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// `at` rounded up to [`TIMER_GRAIN_MS`] (the end of time stays where it is).
@@ -865,6 +873,42 @@ mod tests {
         let queued = node.queued_bytes(id);
         assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
         assert_eq!(node.queued_bytes(id), queued);
+    }
+
+    #[test]
+    fn nothing_is_written_at_once_to_a_peer_that_has_closed() {
+        let (mut node, id, stream, peer) = queued(b"hello");
+        drop(peer);
+        // The close has arrived, unread: the task reads it before it writes anything.
+        let closed = std::time::Instant::now() + Duration::from_secs(5);
+        while !input_waiting(&stream) {
+            assert!(
+                std::time::Instant::now() < closed,
+                "the close never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let queued = node.queued_bytes(id);
+        assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
+        assert_eq!(node.queued_bytes(id), queued);
+    }
+
+    #[test]
+    fn nothing_is_written_at_once_while_input_waits() {
+        let (mut node, id, stream, mut peer) = queued(b"hello");
+        peer.write_all(b"unread").unwrap();
+        let sent = std::time::Instant::now() + Duration::from_secs(5);
+        while !input_waiting(&stream) {
+            assert!(std::time::Instant::now() < sent, "the bytes never arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let queued = node.queued_bytes(id);
+        assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
+        assert_eq!(node.queued_bytes(id), queued);
+        // Once it is read, writing at once goes on.
+        let mut buf = [0u8; 16];
+        assert_eq!(stream.get_ref().read(&mut buf).unwrap(), 6);
+        assert_eq!(write_at_once(&mut node, id, &stream), (true, true));
     }
 
     #[test]

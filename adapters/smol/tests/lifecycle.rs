@@ -339,6 +339,47 @@ fn drain_to_returns_when_the_client_closes() {
     assert!(reader.join().unwrap() < 32 << 20);
 }
 
+/// A message sent right after the server closed, before the client has read the close, is not
+/// written to the closed socket (TCP would take it and lose it): it goes out after the
+/// reconnect.
+#[test]
+fn a_message_sent_just_after_the_server_closed_goes_out_after_the_reconnect() {
+    smol::block_on(async {
+        let server = common::server_for_3(echo).await;
+        let addr = server.local_addr();
+        let config = NodeConfig {
+            // The drop counts as healthy, so the one reconnect comes after this delay, by
+            // which time the new server listens.
+            reconnect_after_drop: Duration::from_millis(500),
+            stable_after: Duration::ZERO,
+            ..NodeConfig::default()
+        };
+        let client = Client::connect(addr, config).await.unwrap();
+        client
+            .request(Message::new(&Header::new(3, 0), b"up"), WAIT)
+            .await
+            .unwrap();
+        // Over loopback, the close has reached the client's socket when this returns.
+        server.shutdown().await;
+        client
+            .send(Message::new(&Header::new(5, 1), b"after"), Priority::Normal)
+            .unwrap();
+        let server = Server::bind(addr, NodeConfig::default()).await.unwrap();
+        let (tx, rx) = smol::channel::bounded(1);
+        server
+            .handle(5, None, move |req: &Request<'_>, _: &mut Responder<'_>| {
+                let _ = tx.try_send(req.to_owned());
+            })
+            .unwrap();
+        let got = within("the message after the reconnect", rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(&got.body[..], b"after");
+        client.close().await;
+        server.shutdown().await;
+    });
+}
+
 #[test]
 fn drain_to_waits_while_reconnecting_and_ends_at_close() {
     // A peer that accepts once, then goes away for good.

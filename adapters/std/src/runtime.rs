@@ -36,6 +36,8 @@ const READ_BUF: usize = 64 * 1024;
 const INPUT_PIECE: usize = 16 * 1024;
 /// Bytes a writer copies from the node per write at most.
 const WRITE_BUF: usize = 256 * 1024;
+/// How long the writer waits, at a time, for the reader to read a close that has arrived.
+const CLOSE_READ_WAIT: Duration = Duration::from_millis(5);
 /// How long an outgoing TCP connect may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unread items a subscription or event stream holds before it counts drops.
@@ -105,11 +107,15 @@ impl Socket {
         })
     }
 
-    /// Writes what the node has for `id` without waiting, while the writer holds nothing.
-    /// Returns whether all of it went out (the writer need not wake up). A failed write is left
-    /// to the writer, whose blocking write fails too and closes the socket.
-    fn write_at_once(&self, node: &mut Node, id: ConnId) -> bool {
-        if self.writing.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
+    /// Writes what the node has for `id` without waiting, while the writer holds nothing and,
+    /// with `look_for_input`, nothing waits to be read. Returns whether all of it went out (the
+    /// writer need not wake up). A failed write is left to the writer, whose blocking write
+    /// fails too and closes the socket.
+    fn write_at_once(&self, node: &mut Node, id: ConnId, look_for_input: bool) -> bool {
+        if self.writing.load(Ordering::SeqCst)
+            || self.closed.load(Ordering::SeqCst)
+            || (look_for_input && waiting(&self.stream) != Waiting::Nothing)
+        {
             return false;
         }
         for _ in 0..WRITES_AT_ONCE {
@@ -139,6 +145,37 @@ impl Socket {
         let _ = self.stream.shutdown(Shutdown::Both);
         self.wake.notify_all();
     }
+}
+
+/// What waits to be read on a socket, looked at without reading it. Bytes written while the
+/// peer's close waits unread are lost (TCP takes them, the peer never reads them), so nothing
+/// is written until the reader has read that close and told the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    Nothing,
+    Data,
+    /// The peer's close, or an error.
+    Close,
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn waiting(stream: &TcpStream) -> Waiting {
+    use rustix::io::Errno;
+    use rustix::net::{RecvFlags, recv};
+    let mut byte = [0u8; 1];
+    match recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((_, 0)) => Waiting::Close,
+        Ok(_) => Waiting::Data,
+        Err(Errno::AGAIN | Errno::INTR) => Waiting::Nothing,
+        Err(_) => Waiting::Close,
+    }
+}
+
+/// Without `MSG_DONTWAIT` a blocking socket cannot be looked at without waiting; nothing is
+/// written at once there either ([`send_now`]).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn waiting(_stream: &TcpStream) -> Waiting {
+    Waiting::Nothing
 }
 
 /// `send` with `MSG_DONTWAIT`: a write to a blocking socket that takes what fits and never
@@ -242,10 +279,21 @@ impl Runtime {
     /// Runs `f` on the locked node with the current time, then drains the node's outputs and
     /// acts on them before unlocking.
     pub(crate) fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut Inner, Instant) -> R) -> R {
+        self.with_reading(None, f)
+    }
+
+    /// [`Runtime::with`] from the reader of `reading`, which reads its socket next anyway:
+    /// what the node has for that connection is written at once without looking for input
+    /// first (a system call per answer).
+    fn with_reading<R>(
+        self: &Arc<Self>,
+        reading: Option<ConnId>,
+        f: impl FnOnce(&mut Inner, Instant) -> R,
+    ) -> R {
         let mut inner = self.lock();
         let now = self.now();
         let result = f(&mut inner, now);
-        self.settle(&mut inner, now);
+        self.settle(&mut inner, now, reading);
         result
     }
 
@@ -261,8 +309,8 @@ impl Runtime {
     /// Drains the node's outputs (calling services, waiters, listeners) and acts on them: shuts
     /// closed sockets down, writes at once or wakes writers, starts connects, and wakes the timer thread if the
     /// node's next deadline moved before the one it sleeps on. Runs with the node locked; only
-    /// non-blocking calls.
-    fn settle(self: &Arc<Self>, inner: &mut Inner, now: Instant) {
+    /// non-blocking calls. `reading`: see [`Runtime::with_reading`].
+    fn settle(self: &Arc<Self>, inner: &mut Inner, now: Instant, reading: Option<ConnId>) {
         let mut actions = std::mem::take(&mut inner.actions);
         for _ in 0..SETTLE_ROUNDS {
             inner.dispatch.pump(&mut inner.node, now, &mut actions);
@@ -280,7 +328,7 @@ impl Runtime {
                 if let Some(socket) = inner.conns.get(id) {
                     let all = at_once > 0 && {
                         at_once -= 1;
-                        socket.write_at_once(&mut inner.node, *id)
+                        socket.write_at_once(&mut inner.node, *id, reading != Some(*id))
                     };
                     if !all {
                         socket.pending.store(true, Ordering::SeqCst);
@@ -530,7 +578,7 @@ impl Runtime {
     fn input(self: &Arc<Self>, id: ConnId, socket: &Arc<Socket>, mut data: &[u8]) -> bool {
         let mut stalls = 0;
         while !data.is_empty() {
-            let taken = self.with(|inner, now| {
+            let taken = self.with_reading(Some(id), |inner, now| {
                 if !is_current(inner, id, socket) {
                     return None;
                 }
@@ -569,6 +617,18 @@ impl Runtime {
                 loop {
                     if socket.closed.load(Ordering::SeqCst) || !is_current(&inner, id, &socket) {
                         return;
+                    }
+                    if socket.pending.load(Ordering::SeqCst)
+                        && waiting(&socket.stream) == Waiting::Close
+                    {
+                        // The reader is about to read the close and let the socket go (which
+                        // wakes this thread); what is queued then goes out after a reconnect.
+                        inner = socket
+                            .wake
+                            .wait_timeout(inner, CLOSE_READ_WAIT)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                        continue;
                     }
                     if socket.pending.load(Ordering::SeqCst) {
                         match inner.node.poll_transmit(id) {
@@ -629,7 +689,7 @@ impl Runtime {
                 // Trust the clock, not the wait: only what is due now is handled.
                 Some(at) if at <= now => {
                     inner.node.handle_timeout(now);
-                    self.settle(&mut inner, now);
+                    self.settle(&mut inner, now, None);
                 }
                 next => {
                     inner.timer_sleep = Some(next.unwrap_or(Instant::MAX));
@@ -713,7 +773,7 @@ impl Runtime {
         for id in ids {
             let _ = inner.node.close(now, id);
         }
-        self.settle(&mut inner, now);
+        self.settle(&mut inner, now, None);
         for socket in std::mem::take(&mut inner.conns).into_values() {
             socket.close();
         }
@@ -802,7 +862,7 @@ mod tests {
     #[test]
     fn what_the_socket_takes_is_written_at_once() {
         let (mut node, id, socket, peer) = queued(b"hello");
-        assert!(socket.write_at_once(&mut node, id));
+        assert!(socket.write_at_once(&mut node, id, true));
         assert_eq!(node.queued_bytes(id), Some(0));
         assert!(unread(&peer) > 5);
     }
@@ -814,16 +874,78 @@ mod tests {
         // The writer took the bytes and writes them without the lock: writing them here too
         // would send them twice.
         socket.writing.store(true, Ordering::SeqCst);
-        assert!(!socket.write_at_once(&mut node, id));
+        assert!(!socket.write_at_once(&mut node, id, true));
         assert_eq!(node.queued_bytes(id), queued);
         assert_eq!(unread(&peer), 0);
+    }
+
+    /// Waits until `what` waits to be read on the socket.
+    fn until_waiting(socket: &Socket, what: Waiting) {
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while waiting(&socket.stream) != what {
+            assert!(std::time::Instant::now() < end, "{what:?} never arrived");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn nothing_is_written_at_once_to_a_peer_that_has_closed() {
+        let (mut node, id, socket, peer) = queued(b"hello");
+        drop(peer);
+        // The close has arrived, unread: the reader reads it before anything is written.
+        until_waiting(&socket, Waiting::Close);
+        let queued = node.queued_bytes(id);
+        assert!(!socket.write_at_once(&mut node, id, true));
+        assert_eq!(node.queued_bytes(id), queued);
+    }
+
+    #[test]
+    fn nothing_is_written_at_once_while_input_waits_unless_its_reader_writes() {
+        let (mut node, id, socket, mut peer) = queued(b"hello");
+        peer.write_all(b"unread").unwrap();
+        until_waiting(&socket, Waiting::Data);
+        let queued = node.queued_bytes(id);
+        assert!(!socket.write_at_once(&mut node, id, true));
+        assert_eq!(node.queued_bytes(id), queued);
+        // The reader, which reads what waits next, writes its answers at once.
+        assert!(socket.write_at_once(&mut node, id, false));
+        assert!(unread(&peer) > 5);
+    }
+
+    #[test]
+    fn the_writer_writes_nothing_while_the_peers_close_waits_unread() {
+        let (node, id, socket, peer) = queued(b"hello");
+        let rt = Runtime::new(NodeConfig::default()).unwrap();
+        {
+            let mut inner = rt.lock();
+            inner.node = node;
+            inner.conns.insert(id, socket.clone());
+        }
+        let queued = rt.lock().node.queued_bytes(id);
+        drop(peer);
+        until_waiting(&socket, Waiting::Close);
+        let writer = {
+            let (rt, socket) = (rt.clone(), socket.clone());
+            thread::spawn(move || rt.run_writer(id, socket))
+        };
+        // Something that must not happen: given time, the writer would have written.
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(rt.lock().node.queued_bytes(id), queued);
+        // The reader reads the close and lets the socket go; the writer stops.
+        {
+            let _inner = rt.lock();
+            socket.close();
+        }
+        writer.join().unwrap();
+        assert_eq!(rt.lock().node.queued_bytes(id), queued);
+        rt.shutdown(Duration::ZERO);
     }
 
     #[test]
     fn more_than_the_socket_takes_is_left_to_the_writer() {
         // More than loopback socket buffers hold while the peer reads nothing.
         let (mut node, id, socket, _peer) = queued(&vec![7u8; 32 << 20]);
-        assert!(!socket.write_at_once(&mut node, id));
+        assert!(!socket.write_at_once(&mut node, id, true));
         let left = node.queued_bytes(id).unwrap();
         assert!(left > 0 && left < 32 << 20, "{left} bytes left");
     }
@@ -835,7 +957,7 @@ mod tests {
         let junk = vec![0u8; 1 << 20];
         while let Some(Ok(_)) = send_now(&socket.stream, &junk) {}
         let queued = node.queued_bytes(id);
-        assert!(!socket.write_at_once(&mut node, id));
+        assert!(!socket.write_at_once(&mut node, id, true));
         assert_eq!(node.queued_bytes(id), queued);
     }
 }

@@ -509,6 +509,46 @@ fn shutdown_writes_what_is_queued_first() {
     client.close();
 }
 
+/// A message sent right after the server closed, before the client has read the close, is not
+/// written to the closed socket (TCP would take it and lose it), neither at once nor by the
+/// writer thread: it goes out after the reconnect.
+#[test]
+fn a_message_sent_just_after_the_server_closed_goes_out_after_the_reconnect() {
+    let server = echo_server();
+    let addr = server.local_addr();
+    let config = NodeConfig {
+        // The drop counts as healthy, so the one reconnect comes after this delay, by which
+        // time the new server listens.
+        reconnect_after_drop: Duration::from_millis(500),
+        stable_after: Duration::ZERO,
+        ..NodeConfig::default()
+    };
+    let client = Client::connect(addr, config).unwrap();
+    client
+        .request(Message::new(&Header::new(3, 0), b"up"), WAIT)
+        .unwrap();
+    // Over loopback, the close has reached the client's socket when this returns.
+    server.shutdown();
+    drop(server);
+    client
+        .send(Message::new(&Header::new(5, 1), b"after"), Priority::Normal)
+        .unwrap();
+    let server = Server::bind(addr, NodeConfig::default()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    server
+        .handle(5, None, move |req: &Request<'_>, _: &mut Responder<'_>| {
+            let _ = tx.lock().unwrap().send(req.to_owned());
+        })
+        .unwrap();
+    let got = rx
+        .recv_timeout(WAIT)
+        .expect("the message after the reconnect");
+    assert_eq!(&got.body[..], b"after");
+    client.close();
+    server.shutdown();
+}
+
 #[test]
 fn reconnects_after_the_server_restarts_and_delivers_what_was_queued() {
     let server = echo_server();
