@@ -856,12 +856,26 @@ mod tests {
         assert!(peer.read(&mut buf).unwrap() > 5);
     }
 
+    /// Nothing is written at once: what is queued stays for the task.
+    fn assert_left_to_the_task(node: &mut Node, id: ConnId, stream: &Async<TcpStream>) {
+        let queued = node.queued_bytes(id);
+        assert_eq!(write_at_once(node, id, stream), (false, false));
+        assert_eq!(node.queued_bytes(id), queued);
+    }
+
+    /// Waits until something waits to be read on `stream`.
+    fn until_input_waits(stream: &Async<TcpStream>) {
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while !input_waiting(stream) {
+            assert!(std::time::Instant::now() < end, "nothing arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn bulk_is_left_to_the_task() {
         let (mut node, id, stream, _peer) = queued(&vec![7u8; AT_ONCE_QUEUED + 1]);
-        let queued = node.queued_bytes(id);
-        assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
-        assert_eq!(node.queued_bytes(id), queued);
+        assert_left_to_the_task(&mut node, id, &stream);
     }
 
     #[test]
@@ -870,9 +884,7 @@ mod tests {
         // Fill the socket while the peer reads nothing.
         let junk = vec![0u8; 1 << 20];
         while stream.get_ref().write(&junk).is_ok() {}
-        let queued = node.queued_bytes(id);
-        assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
-        assert_eq!(node.queued_bytes(id), queued);
+        assert_left_to_the_task(&mut node, id, &stream);
     }
 
     #[test]
@@ -880,31 +892,16 @@ mod tests {
         let (mut node, id, stream, peer) = queued(b"hello");
         drop(peer);
         // The close has arrived, unread: the task reads it before it writes anything.
-        let closed = std::time::Instant::now() + Duration::from_secs(5);
-        while !input_waiting(&stream) {
-            assert!(
-                std::time::Instant::now() < closed,
-                "the close never arrived"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let queued = node.queued_bytes(id);
-        assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
-        assert_eq!(node.queued_bytes(id), queued);
+        until_input_waits(&stream);
+        assert_left_to_the_task(&mut node, id, &stream);
     }
 
     #[test]
     fn nothing_is_written_at_once_while_input_waits() {
         let (mut node, id, stream, mut peer) = queued(b"hello");
         peer.write_all(b"unread").unwrap();
-        let sent = std::time::Instant::now() + Duration::from_secs(5);
-        while !input_waiting(&stream) {
-            assert!(std::time::Instant::now() < sent, "the bytes never arrived");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let queued = node.queued_bytes(id);
-        assert_eq!(write_at_once(&mut node, id, &stream), (false, false));
-        assert_eq!(node.queued_bytes(id), queued);
+        until_input_waits(&stream);
+        assert_left_to_the_task(&mut node, id, &stream);
         // Once it is read, writing at once goes on.
         let mut buf = [0u8; 16];
         assert_eq!(stream.get_ref().read(&mut buf).unwrap(), 6);
