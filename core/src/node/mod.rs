@@ -370,7 +370,8 @@ pub enum Output<'a> {
         addr: SocketAddr,
     },
     /// `id` has bytes to write: call [`Node::poll_transmit`] until it returns `None`. Said
-    /// once until then.
+    /// once until then, or until everything handed out is written (so a writer that stops
+    /// after a budget of writes, with the queue just emptied, still hears of the next bytes).
     Transmit {
         /// The connection.
         id: ConnId,
@@ -1540,6 +1541,9 @@ impl<S: Storage> Node<S> {
                 // A completed write ends the run of failed connects (spec §8.2).
                 if n > 0 {
                     slot.attempts = 0;
+                }
+                if !conn.wants_transmit() {
+                    slot.transmit_notified = false;
                 }
             }
             self.touch(id.index);

@@ -182,6 +182,34 @@ fn messages_are_routed_to_handles() {
 }
 
 #[test]
+fn transmit_is_announced_again_once_everything_handed_out_is_written() {
+    let (mut client, _server, c, _s) = connected(NodeConfig::default(), NodeConfig::default());
+    let send = |client: &mut N| {
+        client
+            .send(t(0), c, msg!(3, 1, &[5; 100]), Priority::Normal)
+            .unwrap()
+    };
+    send(&mut client);
+    assert!(drain(&mut client).contains(&O::Transmit(c)));
+    // Written in part: still announced, so a second message says nothing new.
+    let n = client.poll_transmit(c).unwrap().len();
+    client.consume_transmit(c, n - 1);
+    send(&mut client);
+    assert!(!drain(&mut client).contains(&O::Transmit(c)));
+    // Everything written, without the `poll_transmit` that would return `None` (a writer
+    // whose budget of writes ended just then): the next message is announced.
+    while let Some(data) = client.poll_transmit(c) {
+        let n = data.len();
+        client.consume_transmit(c, n);
+        if !client.connection(c).unwrap().wants_transmit() {
+            break;
+        }
+    }
+    send(&mut client);
+    assert!(drain(&mut client).contains(&O::Transmit(c)));
+}
+
+#[test]
 fn input_written_in_place_is_routed_and_answered() {
     let (mut client, mut server, c, s) = connected(NodeConfig::default(), NodeConfig::default());
     let service = server.open_handle(Scope::Node).unwrap();
