@@ -140,8 +140,14 @@ const FAILURE: u8 = 2;
 /// Exit status for a failed call, version or serve (timeouts, closes, mismatches).
 const RUN_FAILURE: u8 = 1;
 
+/// The longest wait the options take: a year is as good as none, and longer ones could overflow
+/// the clock.
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 86_400);
+
 fn seconds(s: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("not a duration in seconds: {s}"))
+    Duration::try_from_secs_f64(s)
+        .map(|d| d.min(LONGEST_WAIT))
+        .map_err(|_| format!("not a duration in seconds: {s}"))
 }
 
 fn header_arg(text: &str) -> Result<(u32, i32), String> {

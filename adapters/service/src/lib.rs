@@ -15,6 +15,7 @@ use flowee_proto::{
 };
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +85,17 @@ pub enum NodeEvent {
     Unbanned {
         /// The address.
         ip: IpAddr,
+    },
+    /// A [`Service`] panicked while it handled a message from `id`. The panic is caught (the
+    /// panic hook has printed it): the message counts as handled, without an answer, and the
+    /// adapter and the connection go on.
+    ServicePanicked {
+        /// The connection the message came on.
+        id: ConnId,
+        /// The message's service id.
+        service: i32,
+        /// The message's id, if it had one.
+        message: Option<i32>,
     },
 }
 
@@ -158,7 +170,8 @@ impl<'a> Responder<'a> {
 
 /// Handles messages. It runs with the node locked: it must be quick and must not call back
 /// into the adapter (use the [`Responder`]); for slow work, copy the message
-/// ([`Request::to_owned`]) and reply later from elsewhere.
+/// ([`Request::to_owned`]) and reply later from elsewhere. A panic in it is caught and reported
+/// as [`NodeEvent::ServicePanicked`].
 pub trait Service: Send + Sync + 'static {
     /// Handles one message.
     fn call(&self, request: &Request<'_>, out: &mut Responder<'_>);
@@ -189,6 +202,17 @@ pub fn reply_header(request: &Header) -> Header {
 /// A one-line description of why a connection closed, for logs.
 pub fn describe_close(reason: &CloseReason) -> String {
     format!("{} ({reason})", reason.name())
+}
+
+/// Calls `service` with `request`; false if it panicked. A service runs inside the adapter's
+/// pump, with the node locked: unwinding out of it would stop whichever task or thread
+/// pumped (perhaps the one that runs the node's timers), so the panic ends here.
+fn call(service: &dyn Service, request: &Request<'_>, node: &mut Node, now: Instant) -> bool {
+    let id = request.connection;
+    catch_unwind(AssertUnwindSafe(|| {
+        service.call(request, &mut Responder::new(node, id, now))
+    }))
+    .is_ok()
 }
 
 /// What the adapter has to do after a [`Dispatch::pump`]. Keep one and pass it to every
@@ -373,15 +397,24 @@ impl Dispatch {
                         peer,
                         message: Message::new(header, body),
                     };
+                    let mut panicked = false;
                     if handles.is_empty() {
                         if let Some(s) = unclaimed {
-                            s.call(&request, &mut Responder::new(node, id, now));
+                            panicked |= !call(&**s, &request, node, now);
                         }
                     }
                     for i in handles.indices() {
                         if let Some(s) = &sinks[i] {
-                            s.call(&request, &mut Responder::new(node, id, now));
+                            panicked |= !call(&**s, &request, node, now);
                         }
+                    }
+                    if panicked {
+                        let event = NodeEvent::ServicePanicked {
+                            id,
+                            service: header.service_id,
+                            message: header.message_id,
+                        };
+                        self.emit(&event);
                     }
                 }
                 Output::Reply {
@@ -510,6 +543,74 @@ mod tests {
             }
         );
         assert_eq!(seen[1], NodeEvent::Removed { id, unsent: (0, 0) });
+    }
+
+    #[test]
+    fn a_panicking_service_is_reported_and_the_others_still_run() {
+        let mut node: Node = Node::new(Instant::ZERO, NodeConfig::default());
+        let mut d = Dispatch::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        d.listen(Box::new(move |e| {
+            s2.lock().unwrap().push(e.clone());
+            true
+        }));
+        // Two handles on service 3: the first panics on message 2, the second echoes.
+        for panics in [true, false] {
+            let h = node.open_handle(Scope::Node).unwrap();
+            node.subscribe(h, 3, None).unwrap();
+            d.set_sink(
+                h,
+                Some(Arc::new(
+                    move |req: &Request<'_>, out: &mut Responder<'_>| {
+                        if panics && req.message.header.message_id == Some(2) {
+                            panic!("a bug in a service (expected by this test)");
+                        }
+                        if !panics {
+                            let _ = out.reply(Message::new(
+                                &reply_header(req.message.header),
+                                req.message.body,
+                            ));
+                        }
+                    },
+                )),
+            );
+        }
+        let id = node
+            .accept(Instant::ZERO, "10.0.0.1:5000".parse().unwrap())
+            .unwrap();
+        let mut actions = Actions::default();
+        // Message 2 (panics in the first service), then message 4 (does not).
+        for message in [2, 4] {
+            let frame = [
+                0x0A, 0x00, 0x08, 0x03, 0x10, message, 0x58, 0x07, 0x04, 0xAA,
+            ];
+            node.handle_input(Instant::ZERO, id, &frame).unwrap();
+            d.pump(&mut node, Instant::ZERO, &mut actions);
+            let reply = [
+                0x0A,
+                0x00,
+                0x08,
+                0x03,
+                0x10,
+                message + 1,
+                0x58,
+                0x07,
+                0x04,
+                0xAA,
+            ];
+            assert_eq!(node.poll_transmit(id), Some(&reply[..]));
+            node.consume_transmit(id, reply.len());
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [NodeEvent::ServicePanicked {
+                id,
+                service: 3,
+                message: Some(2)
+            }]
+        );
+        assert!(node.connection(id).is_some());
     }
 
     /// A node with one accepted connection and `service` subscribed to service 3.

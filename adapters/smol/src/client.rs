@@ -1,6 +1,6 @@
 //! The client: one outgoing connection, reconnected as the node decides.
 
-use crate::runtime::{ChannelSink, GRACE, Runtime, STREAM_CAPACITY};
+use crate::runtime::{GRACE, Runtime};
 use crate::{Events, NodeEvent};
 use flowee_proto::connection::Stats;
 use flowee_proto::node::{ConnId, HandleId, NodeConfig, NodeError, RequestError};
@@ -159,7 +159,7 @@ impl Client {
         self.rt.pump();
         // The node times requests out; the extra second only guards against a stopped runtime.
         let guard = async {
-            smol::Timer::after(timeout + Duration::from_secs(1)).await;
+            smol::Timer::after(timeout.saturating_add(Duration::from_secs(1))).await;
             Ok(Err(RequestError::Timeout))
         };
         match reply.recv().or(guard).await {
@@ -189,15 +189,9 @@ impl Client {
 
     /// A stream of the messages of `service_id` (all message ids). Dropping it unsubscribes.
     pub fn subscribe(&self, service_id: i32) -> io::Result<Subscription> {
-        let (tx, rx) = smol::channel::bounded(STREAM_CAPACITY);
-        let lost = Arc::new(AtomicU64::new(0));
-        let sink = ChannelSink {
-            tx,
-            lost: lost.clone(),
-        };
-        let handle = self
+        let (handle, rx, lost) = self
             .rt
-            .handle(service_id, None, Arc::new(sink))
+            .subscribe(service_id)
             .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Subscription {
             rx: Box::pin(rx),
@@ -210,13 +204,7 @@ impl Client {
     /// A stream of every message that no [`Client::subscribe`] claims (replies to
     /// [`Client::request`] go to the request instead). Replaces the previous such stream.
     pub fn incoming(&self) -> Subscription {
-        let (tx, rx) = smol::channel::bounded(STREAM_CAPACITY);
-        let lost = Arc::new(AtomicU64::new(0));
-        let sink = ChannelSink {
-            tx,
-            lost: lost.clone(),
-        };
-        self.rt.lock().dispatch.set_unclaimed(Some(Arc::new(sink)));
+        let (rx, lost) = self.rt.incoming();
         Subscription {
             rx: Box::pin(rx),
             lost,

@@ -67,6 +67,16 @@ impl Service for ChannelSink {
     }
 }
 
+/// A task [`Runtime::shutdown`] waits for; dropped when the task ends, or is dropped.
+struct Running(Arc<Runtime>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.tasks.fetch_sub(1, Ordering::SeqCst);
+        self.0.tasks_done.notify(usize::MAX);
+    }
+}
+
 /// What [`Runtime::pump_and_flush`] did.
 struct Flushed {
     /// The socket is full.
@@ -145,6 +155,9 @@ fn read_state(outcome: ReadOutcome) -> (bool, bool, bool, usize) {
 struct Signal {
     stream: Arc<Async<TcpStream>>,
     event: Event,
+    /// Set with the node locked once this socket is done with: the node closed it, or a
+    /// reconnect replaced it (an outgoing connection keeps its id). The task then neither reads
+    /// nor writes for the connection again, whose id may name a newer socket by then.
     disconnect: AtomicBool,
 }
 
@@ -156,7 +169,10 @@ fn register(inner: &mut Inner, id: ConnId, stream: Arc<Async<TcpStream>>) -> Arc
         event: Event::new(),
         disconnect: AtomicBool::new(false),
     });
-    inner.conns.insert(id, signal.clone());
+    if let Some(old) = inner.conns.insert(id, signal.clone()) {
+        old.disconnect.store(true, Ordering::SeqCst);
+        old.event.notify(usize::MAX);
+    }
     signal
 }
 
@@ -239,14 +255,14 @@ impl Runtime {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts a task that [`Runtime::shutdown`] waits for.
+    /// Starts a task that [`Runtime::shutdown`] waits for. It counts as ended however it ends:
+    /// the executor drops a detached task that panics, and the count must not outlive it.
     pub(crate) fn spawn(self: &Arc<Self>, f: impl Future<Output = ()> + Send + 'static) {
         self.tasks.fetch_add(1, Ordering::SeqCst);
-        let rt = self.clone();
+        let running = Running(self.clone());
         smol::spawn(async move {
+            let _running = running;
             f.await;
-            rt.tasks.fetch_sub(1, Ordering::SeqCst);
-            rt.tasks_done.notify(usize::MAX);
         })
         .detach();
     }
@@ -270,21 +286,64 @@ impl Runtime {
         inner.dispatch.close_sink(&mut inner.node, handle)
     }
 
-    /// A stream of the node's events; events that find it full are counted as lost.
+    /// A stream of the node's events; events that find it full are counted as lost. Ended at
+    /// once if the runtime has stopped.
     pub(crate) fn events(&self) -> (Receiver<NodeEvent>, Arc<AtomicU64>) {
         let (tx, rx) = smol::channel::bounded(STREAM_CAPACITY);
         let lost = Arc::new(AtomicU64::new(0));
         let counter = lost.clone();
-        self.lock()
+        let mut inner = self.lock();
+        // Looked at with the node locked, as `shutdown` sets it: once stopping, no listener,
+        // so the sender drops here and the stream ends at once.
+        if !self.stopping.load(Ordering::SeqCst) {
+            inner
+                .dispatch
+                .listen(Box::new(move |e| match tx.try_send(e.clone()) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    Err(TrySendError::Closed(_)) => false,
+                }));
+        }
+        (rx, lost)
+    }
+
+    /// A bounded stream of the messages of `service`, and its handle (to unsubscribe). Ended
+    /// at once if the runtime has stopped.
+    pub(crate) fn subscribe(
+        &self,
+        service: i32,
+    ) -> Result<(HandleId, Receiver<OwnedMessage>, Arc<AtomicU64>), NodeError> {
+        let (tx, rx) = smol::channel::bounded(STREAM_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let inner = &mut *self.lock();
+        let sink = (!self.stopping.load(Ordering::SeqCst)).then(|| {
+            Arc::new(ChannelSink {
+                tx,
+                lost: lost.clone(),
+            }) as Arc<dyn Service>
+        });
+        let handle = inner
             .dispatch
-            .listen(Box::new(move |e| match tx.try_send(e.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-                Err(TrySendError::Closed(_)) => false,
-            }));
+            .open_sink(&mut inner.node, service, None, sink)?;
+        Ok((handle, rx, lost))
+    }
+
+    /// A bounded stream of every message no handle claims (it replaces any earlier one).
+    /// Ended at once if the runtime has stopped.
+    pub(crate) fn incoming(&self) -> (Receiver<OwnedMessage>, Arc<AtomicU64>) {
+        let (tx, rx) = smol::channel::bounded(STREAM_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut inner = self.lock();
+        if !self.stopping.load(Ordering::SeqCst) {
+            let sink = ChannelSink {
+                tx,
+                lost: lost.clone(),
+            };
+            inner.dispatch.set_unclaimed(Some(Arc::new(sink)));
+        }
         (rx, lost)
     }
 
@@ -400,7 +459,7 @@ impl Runtime {
     }
 
     /// [`Runtime::pump`], without waking the task of `serving` (it is about to write).
-    fn pump_except(self: &Arc<Self>, serving: Option<ConnId>) {
+    fn pump_except(self: &Arc<Self>, serving: Option<&Arc<Signal>>) {
         let now = self.now();
         let (connects, wake_timer, wrote) = {
             let mut guard = self.lock();
@@ -418,10 +477,10 @@ impl Runtime {
             let mut wrote = false;
             let mut at_once = AT_ONCE_CONNECTIONS;
             for id in &inner.actions.wake {
-                if Some(*id) == serving {
-                    continue;
-                }
                 if let Some(s) = inner.conns.get(id) {
+                    if serving.is_some_and(|me| Arc::ptr_eq(me, s)) {
+                        continue;
+                    }
                     // Written here, it needs no wake-up of the task (from another thread, a
                     // system call and a switch); the task writes what the socket did not take.
                     let (all, some) = if at_once > 0 {
@@ -503,16 +562,20 @@ impl Runtime {
     fn pump_and_flush(
         self: &Arc<Self>,
         id: ConnId,
-        stream: &Async<TcpStream>,
+        signal: &Arc<Signal>,
         full: bool,
     ) -> io::Result<Flushed> {
-        self.pump_except(Some(id));
+        self.pump_except(Some(signal));
         let mut inner = self.lock();
         let mut flushed = Flushed {
             blocked: false,
             more: false,
             wrote: false,
         };
+        if signal.disconnect.load(Ordering::SeqCst) {
+            return Ok(flushed);
+        }
+        let stream = &signal.stream;
         if full {
             let more = inner
                 .node
@@ -550,8 +613,12 @@ impl Runtime {
     /// Reads once from the socket straight into the node's receive buffer for `id`, at most
     /// `limit` bytes. The lock is held for the read, which never waits (the socket is
     /// non-blocking), in place of the copy a separate read buffer would cost.
-    fn read(&self, id: ConnId, stream: &Async<TcpStream>, limit: usize) -> ReadOutcome {
+    fn read(&self, id: ConnId, signal: &Signal, limit: usize) -> ReadOutcome {
         let mut inner = self.lock();
+        if signal.disconnect.load(Ordering::SeqCst) {
+            return ReadOutcome::Closed;
+        }
+        let stream = &signal.stream;
         let Ok(mut room) = inner.node.input_room(id) else {
             return ReadOutcome::Closed;
         };
@@ -608,7 +675,7 @@ impl Runtime {
             // EOF goes to the node only after every byte before it.
             if !open && !eof_told {
                 eof_told = true;
-                self.eof(id);
+                self.eof(id, &signal);
             }
             if held_back {
                 self.pump();
@@ -616,7 +683,7 @@ impl Runtime {
             }
             // Listen before looking, so a wake-up in between is not lost.
             event_listener::listener!(signal.event => listener);
-            let (blocked, more) = match self.pump_and_flush(id, &stream, full) {
+            let (blocked, more) = match self.pump_and_flush(id, &signal, full) {
                 Ok(flushed) => {
                     if flushed.wrote {
                         self.written.notify(usize::MAX);
@@ -629,7 +696,7 @@ impl Runtime {
                     (flushed.blocked, flushed.more)
                 }
                 Err(_) => {
-                    self.eof(id);
+                    self.eof(id, &signal);
                     (true, false)
                 }
             };
@@ -642,7 +709,7 @@ impl Runtime {
                 // let the other tasks run before writing on, so a peer that reads as fast as
                 // it is written to is still heard.
                 if open && !held_back {
-                    (open, unread, held_back, _) = read_state(self.read(id, &stream, limit));
+                    (open, unread, held_back, _) = read_state(self.read(id, &signal, limit));
                 }
                 burst = 0;
                 smol::future::yield_now().await;
@@ -652,7 +719,7 @@ impl Runtime {
                 // The answers to the last read are written (or the socket is full); read on
                 // without waiting.
                 let got;
-                (open, unread, held_back, got) = read_state(self.read(id, &stream, limit));
+                (open, unread, held_back, got) = read_state(self.read(id, &signal, limit));
                 burst += got;
                 if burst >= READ_BUDGET {
                     burst = 0;
@@ -683,7 +750,7 @@ impl Runtime {
             // happens anyway).
             writable.or(readable).or(listener).await;
             if open && !held_back {
-                (open, unread, held_back, _) = read_state(self.read(id, &stream, limit));
+                (open, unread, held_back, _) = read_state(self.read(id, &signal, limit));
             }
         }
         // The socket closes when the last of `stream` and the signal's copy goes, here.
@@ -708,9 +775,16 @@ impl Runtime {
         }
     }
 
-    fn eof(self: &Arc<Self>, id: ConnId) {
+    /// The socket of `signal` reads no more (or failed): tells the node, unless the socket is
+    /// done with already (see [`Signal::disconnect`]).
+    fn eof(self: &Arc<Self>, id: ConnId, signal: &Signal) {
         let now = self.now();
-        let _ = self.lock().node.handle_eof(now, id);
+        {
+            let mut inner = self.lock();
+            if !signal.disconnect.load(Ordering::SeqCst) {
+                let _ = inner.node.handle_eof(now, id);
+            }
+        }
         self.pump();
     }
 
@@ -832,19 +906,117 @@ mod tests {
     }
 
     #[test]
-    fn a_task_that_ends_late_leaves_the_reconnected_socket_registered() {
-        let (node, id, stream, _peer) = queued(b"");
+    fn a_task_that_ends_late_leaves_the_reconnected_socket_alone() {
+        let (node, id, stream, mut peer) = queued(b"");
         let rt = Runtime::new(NodeConfig::default());
         let mut inner = rt.lock();
         inner.node = node;
         let stream = Arc::new(stream);
         let old = register(&mut inner, id, stream.clone());
-        // The node reconnected before the old socket's task ended.
-        let new = register(&mut inner, id, stream);
+        // The node reconnected before the old socket's task ended: the old socket is done with.
+        let new = register(&mut inner, id, stream.clone());
+        assert!(old.disconnect.load(Ordering::SeqCst));
+        assert!(!new.disconnect.load(Ordering::SeqCst));
+        drop(inner);
+        // The old task neither reads into the connection, nor ends it, nor writes for it.
+        peer.write_all(b"for the old socket").unwrap();
+        until_input_waits(&stream);
+        assert!(matches!(rt.read(id, &old, WHOLE_ROOM), ReadOutcome::Closed));
+        assert!(input_waiting(&stream));
+        rt.eof(id, &old);
+        rt.lock()
+            .node
+            .send(
+                Instant::ZERO,
+                id,
+                Message::new(&Header::new(3, 1), b"new"),
+                Priority::Normal,
+            )
+            .unwrap();
+        let queued = rt.lock().node.queued_bytes(id);
+        assert!(queued.is_some_and(|q| q > 0));
+        let flushed = rt.pump_and_flush(id, &old, false).unwrap();
+        assert!(!flushed.wrote && !flushed.more);
+        assert_eq!(rt.lock().node.queued_bytes(id), queued);
+        // When it ends, the newer socket stays registered.
+        let mut inner = rt.lock();
         unregister(&mut inner, id, &old);
         assert!(inner.conns.get(&id).is_some_and(|s| Arc::ptr_eq(s, &new)));
         unregister(&mut inner, id, &new);
         assert!(inner.conns.is_empty());
+    }
+
+    /// Reads from `peer` until more than `have` bytes came in all, or 10 s passed; returns the
+    /// bytes read in all.
+    fn read_past(peer: &mut TcpStream, mut have: usize, want: usize) -> usize {
+        peer.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 1 << 16];
+        while have < want && std::time::Instant::now() < end {
+            if let Ok(n) = peer.read(&mut buf) {
+                have += n;
+            }
+        }
+        have
+    }
+
+    /// The task's last write of a budget empties the queue: a message sent after that still
+    /// goes out at once (the node once announced nothing more, and the message waited until
+    /// the peer spoke).
+    #[test]
+    fn a_send_after_a_budget_that_emptied_the_queue_goes_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, addr) = listener.accept().unwrap();
+        let rt = Runtime::new(NodeConfig::default());
+        assert!(rt.add_incoming(Async::new(stream).unwrap(), addr));
+        let id = rt.lock().node.connections().next().unwrap();
+        // One slice per broadcast, more bytes than are written at once: the task writes them,
+        // exactly one budget.
+        let body = vec![7u8; AT_ONCE_QUEUED / WRITE_BUDGET + 1000];
+        let queued = {
+            let mut inner = rt.lock();
+            for _ in 0..WRITE_BUDGET {
+                let header = Header::new(3, 1);
+                let sent = inner.node.broadcast(
+                    rt.now(),
+                    &Message::new(&header, &body),
+                    Priority::Normal,
+                    [id],
+                    |_, e| panic!("{e:?}"),
+                );
+                assert_eq!(sent, 1);
+            }
+            inner.node.queued_bytes(id).unwrap()
+        };
+        rt.pump();
+        let got = read_past(&mut peer, 0, queued);
+        assert_eq!(got, queued);
+        let header = Header::new(3, 2);
+        rt.lock()
+            .node
+            .send(
+                rt.now(),
+                id,
+                Message::new(&header, b"late"),
+                Priority::Normal,
+            )
+            .unwrap();
+        rt.pump();
+        assert!(read_past(&mut peer, got, got + 1) > got, "the late message");
+    }
+
+    #[test]
+    fn a_task_that_panics_still_counts_as_ended() {
+        let rt = Runtime::new(NodeConfig::default());
+        let before = rt.tasks.load(Ordering::SeqCst);
+        rt.spawn(async { panic!("a bug in a task (expected by this test)") });
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while rt.tasks.load(Ordering::SeqCst) != before {
+            assert!(std::time::Instant::now() < end, "the task still counts");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]

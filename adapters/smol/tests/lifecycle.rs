@@ -457,3 +457,97 @@ fn a_broken_peer_that_keeps_sending_is_cut_off() {
         server.shutdown().await;
     });
 }
+
+/// A service that panics is reported as an event; the server goes on serving, on the same
+/// connection, and still shuts down (a panic once left a task uncounted, so shutdown waited
+/// for ever).
+#[test]
+fn a_panicking_service_is_reported_and_the_server_goes_on() {
+    smol::block_on(async {
+        let server = Server::bind("127.0.0.1:0", NodeConfig::default())
+            .await
+            .unwrap();
+        server
+            .handle(3, None, |req: &Request<'_>, out: &mut Responder<'_>| {
+                if req.message.header.message_id == Some(2) {
+                    panic!("a bug in a service (expected by this test)");
+                }
+                echo(req, out);
+            })
+            .unwrap();
+        let mut events = server.events();
+        let client = Client::connect(server.local_addr(), NodeConfig::default())
+            .await
+            .unwrap();
+        client
+            .send(Message::new(&Header::new(3, 2), b"boom"), Priority::Normal)
+            .unwrap();
+        let e = wait_event(&mut events, |e| {
+            matches!(e, NodeEvent::ServicePanicked { .. })
+        })
+        .await;
+        assert!(
+            matches!(
+                e,
+                NodeEvent::ServicePanicked {
+                    service: 3,
+                    message: Some(2),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let reply = client
+            .request(Message::new(&Header::new(3, 4), b"still here"), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(&reply.body[..], b"still here");
+        client.close().await;
+        within("the shutdown", server.shutdown()).await;
+    });
+}
+
+/// Streams opened after the client closed end at once (they used to wait for ever).
+#[test]
+fn streams_opened_after_close_end_at_once() {
+    smol::block_on(async {
+        let server = Server::bind("127.0.0.1:0", NodeConfig::default())
+            .await
+            .unwrap();
+        let client = Client::connect(server.local_addr(), NodeConfig::default())
+            .await
+            .unwrap();
+        client.close().await;
+        let mut sub = client.subscribe(9).unwrap();
+        let mut others = client.incoming();
+        let mut events = client.events();
+        assert!(within("the subscription", sub.next()).await.is_none());
+        assert!(within("incoming", others.next()).await.is_none());
+        assert!(within("the events", events.next()).await.is_none());
+        server.shutdown().await;
+    });
+}
+
+/// A request may wait as long as it likes: `Duration::MAX` is a timeout too (once a panic,
+/// adding to it).
+#[test]
+fn a_request_may_wait_for_ever() {
+    smol::block_on(async {
+        let server = Server::bind("127.0.0.1:0", NodeConfig::default())
+            .await
+            .unwrap();
+        server.handle(3, None, echo).unwrap();
+        let client = Client::connect(server.local_addr(), NodeConfig::default())
+            .await
+            .unwrap();
+        let reply = within(
+            "the reply",
+            client.request(Message::new(&Header::new(3, 2), b"x"), Duration::MAX),
+        )
+        .await
+        .unwrap();
+        assert_eq!(&reply.body[..], b"x");
+        client.close().await;
+        server.shutdown().await;
+    });
+}

@@ -716,14 +716,17 @@ impl Runtime {
     /// to reconnect (true), the connection is gone or the runtime is stopping (true), or
     /// `timeout` passes (false).
     pub(crate) fn drain_to(&self, id: ConnId, max_queued: usize, timeout: Duration) -> bool {
-        let end = std::time::Instant::now() + timeout;
+        // No end if the clock cannot reach it (`Duration::MAX`: wait for as long as it takes).
+        let end = std::time::Instant::now().checked_add(timeout);
         let mut inner = self.lock();
         loop {
             match inner.node.queued_bytes(id) {
                 Some(q) if q > max_queued && !inner.stopping => {}
                 _ => return true,
             }
-            let left = end.saturating_duration_since(std::time::Instant::now());
+            let left = end.map_or(Duration::MAX, |end| {
+                end.saturating_duration_since(std::time::Instant::now())
+            });
             if left.is_zero() {
                 return false;
             }

@@ -729,3 +729,64 @@ fn a_broadcast_to_many_peers_reaches_every_one() {
     }
     server.shutdown();
 }
+
+/// A service that panics is reported as an event; the server goes on serving, on the same
+/// connection, and still shuts down.
+#[test]
+fn a_panicking_service_is_reported_and_the_server_goes_on() {
+    let server = Server::bind("127.0.0.1:0", NodeConfig::default()).unwrap();
+    server
+        .handle(3, None, |req: &Request<'_>, out: &mut Responder<'_>| {
+            if req.message.header.message_id == Some(2) {
+                panic!("a bug in a service (expected by this test)");
+            }
+            echo(req, out);
+        })
+        .unwrap();
+    let events = server.events();
+    let client = Client::connect(server.local_addr(), NodeConfig::default()).unwrap();
+    client
+        .send(Message::new(&Header::new(3, 2), b"boom"), Priority::Normal)
+        .unwrap();
+    let e = wait_event(&events, WAIT, |e| {
+        matches!(e, NodeEvent::ServicePanicked { .. })
+    });
+    assert!(
+        matches!(
+            e,
+            NodeEvent::ServicePanicked {
+                service: 3,
+                message: Some(2),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let reply = client
+        .request(Message::new(&Header::new(3, 4), b"still here"), WAIT)
+        .unwrap();
+    assert_eq!(&reply.body[..], b"still here");
+    client.close();
+    server.shutdown();
+}
+
+/// Streams opened after the client closed end at once, and waits may be as long as they like
+/// (`Duration::MAX` was once a panic, adding to it).
+#[test]
+fn streams_opened_after_close_end_and_waits_may_be_endless() {
+    let server = echo_server();
+    let client = Client::connect(server.local_addr(), NodeConfig::default()).unwrap();
+    client
+        .send(Message::new(&Header::new(3, 2), b"x"), Priority::Normal)
+        .unwrap();
+    assert!(client.drain_to(0, Duration::MAX));
+    let reply = client
+        .request(Message::new(&Header::new(3, 2), b"y"), Duration::MAX)
+        .unwrap();
+    assert_eq!(&reply.body[..], b"y");
+    client.close();
+    assert!(client.subscribe(9).unwrap().recv().is_none());
+    assert!(client.incoming().recv().is_none());
+    assert!(client.events().recv().is_none());
+    server.shutdown();
+}
