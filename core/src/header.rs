@@ -40,16 +40,18 @@ pub const SYSTEM_SERVICE: i32 = 126;
 pub const CUSTOM_TAG_MIN: u32 = 10;
 /// Highest tag of a custom header int (tags from 0xFF_FFFF on are dropped by receivers).
 pub const CUSTOM_TAG_MAX: u32 = 0xFF_FFFE;
-/// How many custom header ints one header may carry. The C++ meant to cap headers at 95 items
-/// (the check never fired); real traffic uses one to three. More is a [`HeaderError::TooManyInts`].
+/// How many custom header ints one header holds. The C++ keeps any number (it meant to cap
+/// headers at 95 items; the check never fired); real traffic uses one to three. A received
+/// header with more keeps the lowest tags and says so ([`HeaderInts::truncated`]).
 pub const MAX_HEADER_INTS: usize = 16;
 
 /// Custom header ints (tags 10..=0xFF_FFFE), kept sorted by tag with one value per tag, as the
 /// C++ `std::map` does. Fixed capacity: [`MAX_HEADER_INTS`]. Equality and hashing look at the
-/// set tags only.
+/// set tags and [`HeaderInts::truncated`] only.
 #[derive(Clone, Copy, Default)]
 pub struct HeaderInts {
     len: u8,
+    truncated: bool,
     items: [(u32, i32); MAX_HEADER_INTS],
 }
 
@@ -86,8 +88,16 @@ impl HeaderInts {
     pub const fn new() -> Self {
         HeaderInts {
             len: 0,
+            truncated: false,
             items: [(0, 0); MAX_HEADER_INTS],
         }
+    }
+
+    /// The received header carried more distinct custom ints than [`MAX_HEADER_INTS`]: the
+    /// lowest tags are kept (RequestId and the user tags among them), the others were dropped.
+    /// The C++ would have kept them all; this says that something is missing.
+    pub fn truncated(&self) -> bool {
+        self.truncated
     }
 
     /// Number of tags set.
@@ -140,9 +150,10 @@ impl HeaderInts {
         Ok(self)
     }
 
-    /// Removes every tag.
+    /// Removes every tag (and the [`HeaderInts::truncated`] mark).
     pub fn clear(&mut self) {
         self.len = 0;
+        self.truncated = false;
     }
 
     /// Removes `tag`; returns its value if it was set.
@@ -155,13 +166,22 @@ impl HeaderInts {
         Some(value)
     }
 
-    /// Receiver rule: the first value of a tag wins (a map insert does not overwrite).
-    fn insert_first(&mut self, tag: u32, value: i32) -> Result<(), HeaderError> {
-        if let Err(i) = self.find(tag) {
-            self.insert_at(i, tag, value)
-                .map_err(|_| HeaderError::TooManyInts)?;
+    /// Receiver rule: the first value of a tag wins (a map insert does not overwrite). When
+    /// full, the highest tag goes (this one, or the highest kept), so the lowest tags stay
+    /// whatever their order on the wire; an evicted tag seen again is above every kept one,
+    /// so it stays out.
+    fn insert_first(&mut self, tag: u32, value: i32) {
+        let Err(i) = self.find(tag) else {
+            return;
+        };
+        if self.len() == MAX_HEADER_INTS {
+            self.truncated = true;
+            if i == MAX_HEADER_INTS {
+                return;
+            }
+            self.len -= 1;
         }
-        Ok(())
+        let _ = self.insert_at(i, tag, value);
     }
 
     fn insert_at(&mut self, i: usize, tag: u32, value: i32) -> Result<(), HeaderIntError> {
@@ -179,7 +199,7 @@ impl HeaderInts {
 // By hand: slots past `len` keep whatever `remove` or `clear` left there.
 impl PartialEq for HeaderInts {
     fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
+        self.as_slice() == other.as_slice() && self.truncated == other.truncated
     }
 }
 
@@ -188,12 +208,17 @@ impl Eq for HeaderInts {}
 impl core::hash::Hash for HeaderInts {
     fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
         self.as_slice().hash(state);
+        self.truncated.hash(state);
     }
 }
 
 impl fmt::Debug for HeaderInts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
+        f.debug_map().entries(self.iter()).finish()?;
+        if self.truncated {
+            f.write_str(" (truncated)")?;
+        }
+        Ok(())
     }
 }
 
@@ -400,8 +425,6 @@ pub enum HeaderError {
         /// The tag.
         tag: u32,
     },
-    /// More than [`MAX_HEADER_INTS`] distinct custom header ints.
-    TooManyInts,
 }
 
 impl HeaderError {
@@ -414,7 +437,6 @@ impl HeaderError {
             HeaderError::NotInt { .. } => "header_not_int",
             HeaderError::NotBool => "header_not_bool",
             HeaderError::IllegalTag { .. } => "illegal_header_tag",
-            HeaderError::TooManyInts => "too_many_header_ints",
         }
     }
 }
@@ -428,9 +450,6 @@ impl fmt::Display for HeaderError {
             HeaderError::NotInt { tag } => write!(f, "header tag {tag} is not an int"),
             HeaderError::NotBool => write!(f, "LastInSequence is not a bool"),
             HeaderError::IllegalTag { tag } => write!(f, "int value in reserved header tag {tag}"),
-            HeaderError::TooManyInts => {
-                write!(f, "more than {MAX_HEADER_INTS} custom header ints")
-            }
         }
     }
 }
@@ -488,7 +507,7 @@ pub fn parse(data: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
             }
             at += 2;
         }
-        // Past the bound, the general parser gives the error.
+        // Past the bound, the general parser counts the ints kept.
         let (Some(service_id), true) = (service_id, usize::from(count) <= MAX_HEADER_INTS) else {
             break 'ordinary;
         };
@@ -543,7 +562,8 @@ fn parse_general(data: &[u8]) -> Result<(FrameHeader, usize), HeaderError> {
 struct Parsing {
     out: FrameHeader,
     service_id: Option<i32>,
-    /// The distinct custom int tags so far (their values are read later, by [`ints`]).
+    /// The first distinct custom int tags, as many as are kept (their values are read later,
+    /// by [`ints`]); a tag not among them when it is full is one more than is kept.
     custom: heapless::Vec<u32, MAX_HEADER_INTS>,
 }
 
@@ -590,9 +610,8 @@ impl Parsing {
             tag @ CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX
                 if int.is_some() && !self.custom.contains(&tag) =>
             {
-                self.custom
-                    .push(tag)
-                    .map_err(|_| HeaderError::TooManyInts)?;
+                // Full: [`ints`] keeps the lowest tags and marks the rest as dropped.
+                let _ = self.custom.push(tag);
             }
             _ => {}
         }
@@ -623,8 +642,7 @@ pub(crate) fn read_ints(header: &[u8], ints: &mut HeaderInts) {
             tags::HEADER_END => break,
             tag @ CUSTOM_TAG_MIN..=CUSTOM_TAG_MAX => {
                 if let Some(v) = token.value.header_int() {
-                    // Cannot fail on an accepted header: it has at most MAX_HEADER_INTS tags.
-                    let _ = ints.insert_first(tag, v);
+                    ints.insert_first(tag, v);
                 }
             }
             _ => {}
@@ -846,27 +864,58 @@ mod tests {
         assert_eq!(ints(&bytes).get(0xFF_FFFE), Some(5));
     }
 
-    #[test]
-    fn too_many_ints() {
+    /// A header of ServiceId 1, then `(tag, value)` custom ints in long tag form, HeaderEnd.
+    fn with_ints(ints: impl IntoIterator<Item = (u32, u8)>) -> Vec<u8> {
         let mut v = vec![0x08, 0x01];
-        for tag in 10..10 + MAX_HEADER_INTS as u8 + 1 {
-            v.extend_from_slice(&[0xF8, tag, 0x01]);
+        for (tag, value) in ints {
+            v.push(0xF8);
+            write_varint(&mut v, u64::from(tag));
+            v.push(value & 0x7F);
         }
         v.push(0x04);
-        assert_eq!(hdr(&v), Err(HeaderError::TooManyInts));
+        v
+    }
+
+    fn write_varint(out: &mut Vec<u8>, mut n: u64) {
+        let mut bytes = vec![(n & 0x7F) as u8];
+        while n > 0x7F {
+            n = (n >> 7) - 1;
+            bytes.push((n & 0x7F) as u8 | 0x80);
+        }
+        out.extend(bytes.iter().rev());
+    }
+
+    #[test]
+    fn more_ints_than_are_kept_keep_the_lowest_tags_and_say_so() {
+        let kept: Vec<(u32, i32)> = (0..MAX_HEADER_INTS as u32).map(|i| (20 + i, 1)).collect();
+        // 40 tags, highest first: the lowest 16 stay, whatever the order on the wire, with the
+        // first value of each (the repeats at the end change nothing).
+        let mut wire: Vec<(u32, u8)> = (0..40).rev().map(|i| (20 + i, 1)).collect();
+        wire.extend([(20, 9), (59, 9), (35, 9)]);
+        let v = with_ints(wire.iter().copied());
+        let (h, len) = hdr(&v).unwrap();
+        assert_eq!(len, v.len());
+        assert_eq!(usize::from(h.int_count()), MAX_HEADER_INTS);
+        let got = ints(&v);
+        assert_eq!(got.as_slice(), &kept[..]);
+        assert!(got.truncated());
         // The same with short tags and one-byte values (the fast path's form): 17 tags 10..=26.
         let mut v = vec![0x08, 0x01];
         for tag in 10..10 + MAX_HEADER_INTS as u8 + 1 {
             v.extend_from_slice(&[tag << 3, 0x01]);
         }
         v.push(0x04);
-        assert_eq!(hdr(&v), Err(HeaderError::TooManyInts));
-        v.truncate(v.len() - 3);
-        v.push(0x04);
         assert_eq!(
             hdr(&v).map(|(h, _)| usize::from(h.int_count())),
             Ok(MAX_HEADER_INTS)
         );
+        assert!(ints(&v).truncated());
+        assert_eq!(ints(&v).get(26), None);
+        // Exactly as many as are kept: nothing is dropped.
+        v.truncate(v.len() - 3);
+        v.push(0x04);
+        assert_eq!(ints(&v).len(), MAX_HEADER_INTS);
+        assert!(!ints(&v).truncated());
         // Duplicates do not count.
         let mut v = vec![0x08, 0x01];
         for _ in 0..100 {
@@ -874,6 +923,16 @@ mod tests {
         }
         v.push(0x04);
         assert!(hdr(&v).is_ok());
+        assert!(!ints(&v).truncated());
+        // Cleared, the mark goes too; it counts in equality.
+        let mut t = ints(&with_ints(wire.iter().copied()));
+        let mut same = HeaderInts::new();
+        for &(tag, value) in &kept {
+            same.set(tag, value).unwrap();
+        }
+        assert_ne!(t, same);
+        t.clear();
+        assert!(!t.truncated() && t.is_empty());
     }
 
     #[test]

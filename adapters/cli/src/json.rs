@@ -1,7 +1,8 @@
 //! The JSON mapping of CMF tokens and messages, shared by `decode`, `encode`, `call` and `serve`.
 //!
 //! A token is `{"tag": N, "type": T, "value": V}` with T one of `uint`, `neg`, `string`, `bytes`,
-//! `bool`, `double`. A message is `{"service_id", "message_id", "headers", "body_hex", "body"}`;
+//! `bool`, `double`. A message is `{"service_id", "message_id", "headers", "body_hex", "body"}`,
+//! plus `"headers_truncated": true` when it carried more custom header ints than are kept;
 //! pings and pongs are `{"system": "ping"}` / `{"system": "pong"}`.
 
 use flowee_proto::cmf::{CmfError, Reader, Token, Value, Writer};
@@ -205,13 +206,17 @@ pub fn message_to_json(header: &Header, body: &[u8]) -> Json {
     for (tag, value) in header.ints.iter() {
         headers.insert(tag.to_string(), Json::from(value));
     }
-    json!({
+    let mut message = json!({
         "service_id": header.service_id,
         "message_id": header.message_id,
         "headers": headers,
         "body_hex": to_hex(body),
         "body": cmf_to_json(body).ok(),
-    })
+    });
+    if header.ints.truncated() {
+        message["headers_truncated"] = Json::Bool(true);
+    }
+    message
 }
 
 /// What one JSON object for `encode` stands for.
@@ -268,6 +273,15 @@ pub fn json_to_message(obj: &Json) -> Result<JsonMessage, InputError> {
         None | Some(Json::Null) => None,
         Some(v) => Some(header_int(v, "message_id")?),
     };
+    if obj
+        .get("headers_truncated")
+        .is_some_and(|t| t != &Json::Bool(false))
+    {
+        return Err(bad(
+            "\"headers_truncated\": the header ints dropped on receipt are unknown, so the \
+             message cannot be encoded as it came",
+        ));
+    }
     let mut ints = HeaderInts::new();
     if let Some(h) = obj.get("headers") {
         let h = h
@@ -391,14 +405,15 @@ pub fn decode_stream(stream: &[u8]) -> (Vec<Json>, bool) {
 pub fn fuzz(data: &[u8]) {
     let (printed, _) = decode_stream(data);
     for obj in printed.iter().filter(|o| o.get("error").is_none()) {
-        // Peers may send what we refuse to send (negative service ids, or negative message
-        // ids on a sequence); everything else must go back to the same bytes.
+        // Peers may send what we refuse to send (negative service ids, negative message ids
+        // on a sequence, more header ints than are kept); everything else must go back to
+        // the same bytes.
         let msg = match json_to_message(obj) {
             Ok(msg) => msg,
             Err(e) => {
                 let service = obj.get("service_id").and_then(Json::as_i64);
                 assert!(
-                    service.is_some_and(|s| s < 0),
+                    service.is_some_and(|s| s < 0) || obj.get("headers_truncated").is_some(),
                     "{obj} does not read back: {e}"
                 );
                 continue;
@@ -526,5 +541,27 @@ mod tests {
         assert!(json_to_cmf(&j).is_err());
         let j: Json = serde_json::from_str(r#"{"service_id": 1, "headers": {"9": 1}}"#).unwrap();
         assert!(json_to_message(&j).is_err());
+    }
+
+    /// 17 custom ints (tags 10..=26): 16 are kept and the message says so; it cannot be
+    /// encoded back as it came.
+    #[test]
+    fn a_truncated_header_is_marked_and_not_encoded() {
+        let mut header = vec![0x08, 0x03];
+        for tag in 10..=26u8 {
+            header.extend_from_slice(&[tag << 3, 0x01]);
+        }
+        header.push(0x04);
+        let mut wire = vec![header.len() as u8 + 2, 0];
+        wire.extend_from_slice(&header);
+        let (msgs, ok) = decode_stream(&wire);
+        assert!(ok);
+        assert_eq!(msgs[0]["headers"].as_object().unwrap().len(), 16);
+        assert_eq!(msgs[0]["headers"].get("26"), None);
+        assert_eq!(msgs[0]["headers_truncated"], true);
+        assert!(json_to_message(&msgs[0]).is_err());
+        let mut whole = msgs[0].clone();
+        whole["headers_truncated"] = Json::Bool(false);
+        assert!(json_to_message(&whole).is_ok());
     }
 }

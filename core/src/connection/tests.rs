@@ -1173,3 +1173,52 @@ fn written_bytes_are_walked_frame_by_frame() {
     // A zero length field (never in a queue) stops the walk instead of looping.
     assert_eq!(walk_frames(&[0u8; 8], 4, 6, true), (1, 0));
 }
+
+/// A frame of `header` (its tokens, HeaderEnd added) and `body`.
+fn raw_frame(header: &[u8], body: &[u8]) -> Vec<u8> {
+    let len = (2 + header.len() + 1 + body.len()) as u16;
+    let mut out = len.to_le_bytes().to_vec();
+    out.extend_from_slice(header);
+    out.push(0x04);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The C++ keeps any number of custom header ints. More than are kept is no offence: the
+/// message, or the sequence whose first chunk carries them, is delivered with the lowest tags
+/// and marked, and the connection goes on.
+#[test]
+fn more_header_ints_than_are_kept_are_delivered_marked() {
+    let (_c, mut s) = pair(Config::default());
+    // ServiceId 3, MessageId 4, then 21 custom ints: tags 10..=30, value = tag.
+    let mut ints = Vec::new();
+    for tag in 10..=30u8 {
+        ints.extend_from_slice(&[tag << 3, tag]);
+    }
+    let mut header = vec![0x08, 0x03, 0x10, 0x04];
+    header.extend_from_slice(&ints);
+    let mut wire = raw_frame(&header, b"one");
+    // A 9000-byte sequence: 8000 bytes, then 1000; the ints come in its first chunk only.
+    let b = body(9000);
+    let mut first = header.clone();
+    first.extend_from_slice(&[0x18, 0xC5, 0x28, 0x25]);
+    wire.extend(raw_frame(&first, &b[..8000]));
+    wire.extend(raw_frame(&[0x08, 0x03, 0x10, 0x04, 0x24], &b[8000..]));
+    let mut events = Vec::new();
+    feed(t(0), &mut s, &wire, &mut events);
+    events.extend(drain(&mut s));
+    let mut expected = Header::new(3, 4);
+    for tag in 10..26 {
+        expected.ints.set(tag, tag as i32).unwrap();
+    }
+    let [Ev::Message(h1, b1), Ev::Message(h2, b2)] = &events[..] else {
+        panic!("{events:?}");
+    };
+    assert_eq!(
+        (h1.ints.as_slice(), &b1[..]),
+        (expected.ints.as_slice(), &b"one"[..])
+    );
+    assert_eq!((h2.ints.as_slice(), b2), (expected.ints.as_slice(), &b));
+    assert!(h1.ints.truncated() && h2.ints.truncated());
+    assert_eq!(s.stats().messages_in, 2);
+}
