@@ -100,7 +100,8 @@ enum Command {
         /// Message id.
         #[arg(long)]
         message: i32,
-        /// RequestId (header tag 11); the reply is matched by it.
+        /// RequestId (header tag 11); the reply is matched by it (without it, the reply is the
+        /// first message of the same service, or a CommandFailed 0/2).
         #[arg(long)]
         request_id: Option<i32>,
         /// A header int, TAG=INT (tags 10 to 16777214); may be repeated.

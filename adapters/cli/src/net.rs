@@ -4,8 +4,8 @@ use crate::json;
 use flowee_proto::cmf::Reader;
 use flowee_proto::header::{HeaderInts, tags};
 use flowee_smol::{
-    Client, Header, Message, NodeConfig, NodeEvent, Priority, Request, RequestFailure, Responder,
-    Server, describe_close,
+    Client, Events, Header, Message, NodeConfig, NodeEvent, Priority, Request, RequestFailure,
+    Responder, SendError, Server, describe_close,
 };
 use smol::future::FutureExt;
 use std::fmt;
@@ -38,8 +38,17 @@ pub fn version_string() -> String {
 
 /// Sends every message back with the same header and body.
 pub fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
-    // A full queue is the client's problem (it sends faster than it reads); never block.
-    let _ = out.reply(req.message);
+    // A full queue is the client's problem (it sends faster than it reads); never block. What
+    // peers may send but we may not (a negative service id, which a first frame cannot carry)
+    // is said, not dropped without a word.
+    if let Err(SendError::Invalid(m, e)) = out.reply(req.message) {
+        eprintln!(
+            "flowee-cli: not echoed {}: {}/{}: {e}",
+            req.connection,
+            m.header.service_id,
+            m.header.message_id.map_or("-".into(), |id| id.to_string()),
+        );
+    }
 }
 
 /// Answers a version request with a VersionReply (0/1) carrying the version as tag 1.
@@ -135,6 +144,14 @@ fn log_event(e: &NodeEvent) {
             eprintln!("flowee-cli: refused {peer}: {} ({reason})", reason.name())
         }
         NodeEvent::Banned { ip } => eprintln!("flowee-cli: banned {ip}"),
+        NodeEvent::ServicePanicked {
+            id,
+            service,
+            message,
+        } => eprintln!(
+            "flowee-cli: a service panicked on {id}'s message {service}/{}",
+            message.map_or("-".into(), |m| m.to_string())
+        ),
         _ => {}
     }
 }
@@ -146,7 +163,8 @@ pub struct Call {
     pub service: i32,
     /// Message id.
     pub message: i32,
-    /// RequestId (tag 11), to match the reply by.
+    /// RequestId (tag 11), to match the reply by. Without one, the reply is the first message
+    /// of the same service, or a CommandFailed (0/2), as the Hub answers (spec §9.3).
     pub request_id: Option<i32>,
     /// Other header ints.
     pub headers: Vec<(u32, i32)>,
@@ -181,32 +199,21 @@ pub async fn call(addr: &str, call: &Call) -> Result<String, Failure> {
     client
         .send(Message::new(&header, &call.body), Priority::Normal)
         .map_err(|e| fail(format!("cannot send: {e}")))?;
-    let wanted = call.request_id;
+    let answers = |h: &Header| match call.request_id {
+        Some(id) => h.request_id() == Some(id),
+        None => h.service_id == call.service || (h.service_id, h.message_id) == (0, Some(2)),
+    };
     let reply = async {
         loop {
             match incoming.next().await {
-                Some(m) if wanted.is_none() || m.header.request_id() == wanted => return Ok(m),
-                Some(_) => {}
-                None => return Err(fail("connection closed")),
-            }
-        }
-    };
-    let closed = async {
-        loop {
-            match events.next().await {
-                Some(NodeEvent::Closed { reason, .. }) => {
-                    return Err(fail(format!(
-                        "connection closed: {}",
-                        describe_close(&reason)
-                    )));
-                }
+                Some(m) if answers(&m.header) => return Ok(m),
                 Some(_) => {}
                 None => return Err(fail("connection closed")),
             }
         }
     };
     let reply = reply
-        .or(closed)
+        .or(closed(&mut events))
         .or(deadline.expire("waiting for the reply"))
         .await;
     client.close().await;
@@ -251,6 +258,22 @@ impl Deadline {
     }
 }
 
+/// Fails when the connection closes: a reply cannot come on the socket that replaces it.
+async fn closed<T>(events: &mut Events) -> Result<T, Failure> {
+    loop {
+        match events.next().await {
+            Some(NodeEvent::Closed { reason, .. }) => {
+                return Err(fail(format!(
+                    "connection closed: {}",
+                    describe_close(&reason)
+                )));
+            }
+            Some(_) => {}
+            None => return Err(fail("connection closed")),
+        }
+    }
+}
+
 /// Connects, failing at the deadline.
 async fn connect(addr: &str, deadline: &Deadline) -> Result<Client, Failure> {
     let connect = async {
@@ -266,6 +289,7 @@ async fn connect(addr: &str, deadline: &Deadline) -> Result<Client, Failure> {
 pub async fn version(addr: &str, wait: Duration) -> Result<String, Failure> {
     let deadline = Deadline::after(wait);
     let client = connect(addr, &deadline).await?;
+    let mut events = client.events();
     let request = async {
         match client
             .request(Message::new(&Header::new(0, 0), &[]), deadline.left())
@@ -276,7 +300,10 @@ pub async fn version(addr: &str, wait: Duration) -> Result<String, Failure> {
             Err(e) => Err(fail(e.to_string())),
         }
     };
-    let reply = request.or(deadline.expire("waiting for the reply")).await;
+    let reply = request
+        .or(closed(&mut events))
+        .or(deadline.expire("waiting for the reply"))
+        .await;
     client.close().await;
     let reply = reply?;
     if (reply.header.service_id, reply.header.message_id) != (0, Some(1)) {

@@ -206,6 +206,77 @@ fn version_and_failures() {
     }
 }
 
+/// A raw server for one connection: reads one frame, then writes `answer` and, if `close`,
+/// closes. Returns its address.
+fn scripted_server(answer: Vec<u8>, close: bool) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).unwrap();
+        let mut frame = vec![0u8; usize::from(u16::from_le_bytes(len)) - 2];
+        stream.read_exact(&mut frame).unwrap();
+        stream.write_all(&answer).unwrap();
+        if close {
+            return;
+        }
+        // Open until the client goes.
+        let _ = stream.read(&mut [0u8; 64]);
+    });
+    addr
+}
+
+/// Without `--request-id`, the reply is the first message of the request's service (or a
+/// CommandFailed): a notification of another service that comes first is not taken for it.
+#[test]
+fn call_without_a_request_id_takes_the_reply_of_its_service() {
+    // 18/4 (a block notification), then 3/3.
+    let answer = [
+        [0x07, 0x00, 0x08, 0x12, 0x10, 0x04, 0x04],
+        [0x07, 0x00, 0x08, 0x03, 0x10, 0x03, 0x04],
+    ]
+    .concat();
+    let o = call(
+        &scripted_server(answer, false),
+        &["--service", "3", "--message", "2", "--timeout", "20"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let reply = stdout_json(&o);
+    assert_eq!(
+        (&reply["service_id"], &reply["message_id"]),
+        (&3.into(), &3.into())
+    );
+    // A CommandFailed (0/2) is the reply too.
+    let o = call(
+        &scripted_server(vec![0x07, 0x00, 0x08, 0x00, 0x10, 0x02, 0x04], false),
+        &["--service", "3", "--message", "2", "--timeout", "20"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout_json(&o)["message_id"], 2);
+}
+
+/// A server that closes after the request: `version` fails at once, as `call` does, rather
+/// than waiting out its timeout on the socket that replaces it.
+#[test]
+fn version_fails_at_once_when_the_server_closes() {
+    for command in ["version", "call"] {
+        let addr = scripted_server(Vec::new(), true);
+        let started = Instant::now();
+        let mut cmd = bin();
+        cmd.args([command, &addr, "--timeout", "60"]);
+        if command == "call" {
+            cmd.args(["--service", "3", "--message", "2"]);
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{command}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("connection closed"), "{command}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{command}");
+    }
+}
+
 #[test]
 fn an_echo_server_echoes_version_requests_too() {
     // `serve --echo` sends 0/0 back as it came, so `version` gets no version reply.
@@ -249,6 +320,36 @@ fn serve_logs_the_closes_its_shutdown_causes() {
             std::thread::sleep(Duration::from_millis(20));
         }
         drop(peer);
+    }
+}
+
+/// Peers may send what we may not (a negative service id after the first frame): the echo
+/// server says it did not echo it, and goes on echoing.
+#[test]
+fn serve_says_what_it_cannot_echo() {
+    use std::io::{Read, Write};
+    for adapter in ["smol", "std"] {
+        let s = Serve::start_with(&["--echo", "--adapter", adapter]);
+        let mut peer = std::net::TcpStream::connect(&s.addr).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        // 3/1, then -5/0, then 3/2 (each with an empty body).
+        let ok = [0x07, 0x00, 0x08, 0x03, 0x10, 0x01, 0x04];
+        peer.write_all(&ok).unwrap();
+        peer.write_all(&[0x07, 0x00, 0x09, 0x05, 0x10, 0x00, 0x04])
+            .unwrap();
+        peer.write_all(&[0x07, 0x00, 0x08, 0x03, 0x10, 0x02, 0x04])
+            .unwrap();
+        let line = s.wait_for("not echoed").pop().unwrap();
+        assert!(line.contains("-5/0: service id -5"), "{adapter}: {line}");
+        let mut back = [0u8; 14];
+        peer.read_exact(&mut back).unwrap();
+        assert_eq!(back[..7], ok, "{adapter}");
+        assert_eq!(
+            back[7..],
+            [0x07, 0x00, 0x08, 0x03, 0x10, 0x02, 0x04],
+            "{adapter}"
+        );
     }
 }
 
