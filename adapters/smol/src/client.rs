@@ -25,7 +25,7 @@ use std::time::Duration;
 /// connects) and sends what was queued, from the start of any message that was cut short
 /// (at-least-once delivery for what the old socket had not taken whole; a message it took
 /// whole just before the drop is not sent again, as TCP cannot say whether the peer read it:
-/// where that matters, use [`Client::request`]). Dropping the last clone starts [`Client::close`] in the
+/// where that matters, use [`Client::request`], which then fails with `Closed` at once). Dropping the last clone starts [`Client::close`] in the
 /// background: what is queued is still written (for at most five seconds), as with the std
 /// adapter; await [`Client::close`] to know when it is done.
 #[derive(Clone)]

@@ -33,7 +33,7 @@ impl Drop for Owner {
 /// connects) and sends what was queued, from the start of any message that was cut short
 /// (at-least-once delivery for what the old socket had not taken whole; a message it took
 /// whole just before the drop is not sent again, as TCP cannot say whether the peer read it:
-/// where that matters, use [`Client::request`]). Dropping the last clone closes it like
+/// where that matters, use [`Client::request`], which then fails with `Closed` at once). Dropping the last clone closes it like
 /// [`Client::close`].
 #[derive(Clone)]
 pub struct Client {

@@ -46,6 +46,7 @@ impl<S: Storage> InputRoom<'_, S> {
 }
 
 use crate::frame::{FrameEncoder, MAX_FRAME_LEN, PING_FRAME, PONG_FRAME};
+use crate::header::tags::REQUEST_ID;
 use crate::score::Score;
 use crate::storage::{ByteStore, DefaultStorage, Fifo, Storage};
 use crate::time::Instant;
@@ -140,6 +141,24 @@ impl<S: Storage> Outbox<S> {
     /// Bytes waiting.
     pub fn pending_bytes(&self) -> usize {
         self.high.pending_bytes() + self.normal.pending_bytes()
+    }
+
+    /// Calls `f` with the RequestId (header tag 11) of each queued message that has one.
+    pub(crate) fn for_each_request_id(&self, mut f: impl FnMut(i32)) {
+        let mut look = |frames: &[u8]| {
+            let Some(data) = frames.get(2..) else {
+                return;
+            };
+            if let Ok((header, len)) = crate::header::parse(data) {
+                if header.int_count() > 0 {
+                    if let Some(rid) = crate::header::ints(&data[..len]).get(REQUEST_ID) {
+                        f(rid);
+                    }
+                }
+            }
+        };
+        self.high.for_each_message(&mut look);
+        self.normal.for_each_message(&mut look);
     }
 
     /// Queues a message (see [`Connection::send`]), for a connection that is not up.

@@ -438,6 +438,22 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
         }
     }
 
+    /// Calls `f` with each queued message's encoded frames, front first (for the front
+    /// message, also the part already transmitted).
+    pub(crate) fn for_each_message(&self, mut f: impl FnMut(&[u8])) {
+        let mut at = self.head;
+        for entry in (0..self.entries.len()).filter_map(|i| self.entries.get(i)) {
+            match &entry.0 {
+                Entry::Inline(len) => {
+                    f(&self.buf.bytes()[at..at + len]);
+                    at += len;
+                }
+                #[cfg(feature = "alloc")]
+                Entry::Shared(b) => f(b),
+            }
+        }
+    }
+
     /// Forgets how much of the front message was transmitted, so it goes out whole again (on a
     /// new connection).
     pub(crate) fn rewind(&mut self) {

@@ -12,7 +12,7 @@
 //! connection keeps its id across reconnects, and what was queued on it goes out after the
 //! reconnect (at-least-once: a message that was partly written when the connection dropped is
 //! sent again from its start; one the socket took whole is not, as TCP cannot say whether the
-//! peer read it).
+//! peer read it, and a request among those fails at the drop with [`RequestError::Closed`]).
 //!
 //! Without an allocator every table is a fixed array, and connections use
 //! [`Fixed`](crate::storage::Fixed) storage. Two such nodes joined in memory (this example runs
@@ -174,8 +174,9 @@ pub struct RequestId(pub i32);
 pub enum RequestError {
     /// No reply within the timeout.
     Timeout,
-    /// The connection was removed (closed for good), or closed while the reply was arriving
-    /// in pieces.
+    /// The connection was removed (closed for good), closed while the reply was arriving in
+    /// pieces, or dropped after its socket took the request whole (the reply could only have
+    /// come on that socket; a request still queued goes out again after the reconnect).
     Closed,
 }
 
@@ -615,6 +616,8 @@ struct Pending {
     service: i32,
     /// Its reply is arriving in pieces: no timeout.
     streaming: bool,
+    /// Scratch for [`Node::fail_requests_written_on`]: still queued after a drop.
+    queued: bool,
 }
 
 /// The Meta service's CommandFailed (service 0, message 2), the Hub's error reply to any
@@ -1208,6 +1211,7 @@ impl<S: Storage> Node<S> {
             deadline,
             service: message.header.service_id,
             streaming: false,
+            queued: false,
         };
         // A refused request gives back the caller's message, without the RequestId.
         self.send(
@@ -1635,9 +1639,46 @@ impl<S: Storage> Node<S> {
             slot.transmit_notified = false;
             self.queue(Queued::Reconnecting(id, at, attempt));
             self.touch(index);
+            self.fail_requests_written_on(index);
         } else {
             // Freed at the next poll, after the application has seen the `Closed`.
             self.remove_next = Some(id);
+        }
+    }
+
+    /// After a drop, before the reconnect: the requests of the connection that the old socket
+    /// took whole fail ([`RequestError::Closed`]), as their replies could only have come on it.
+    /// Those still queued (one taken in part among them) go out whole on the next socket.
+    fn fail_requests_written_on(&mut self, index: u32) {
+        let id = self.id_of(index);
+        let Some(State::Waiting { outbox, .. }) = self.slots.get(index as usize).map(|s| &s.state)
+        else {
+            return;
+        };
+        let requests = &mut self.requests;
+        requests.retain(|_, p| {
+            p.queued = false;
+            true
+        });
+        outbox.for_each_request_id(|rid| {
+            if let Some(p) = requests.get_mut(&rid) {
+                p.queued = true;
+            }
+        });
+        let mut failed = List::<i32, FIXED_REQUESTS>::new(usize::MAX);
+        requests.retain(|rid, p| {
+            let keep = p.conn != id || p.queued;
+            if !keep {
+                let _ = failed.push(*rid);
+            }
+            keep
+        });
+        for rid in failed.iter() {
+            self.queue(Queued::RequestFailed(
+                id,
+                RequestId(*rid),
+                RequestError::Closed,
+            ));
         }
     }
 

@@ -1072,10 +1072,11 @@ fn huge_settings_do_not_overflow() {
     assert!(server.allow(addr(7, 0).ip()));
     drain(&mut server);
     client.handle_eof(t(2), c).unwrap();
-    assert!(drain(&mut client).contains(&O::Reconnecting(c, Instant::MAX, 1)));
+    let mut out = drain(&mut client);
+    assert!(out.contains(&O::Reconnecting(c, Instant::MAX, 1)));
     client.handle_timeout(Instant::MAX);
     server.handle_timeout(Instant::MAX);
-    let mut out = drain(&mut client);
+    out.extend(drain(&mut client));
     drain(&mut server);
     client.close(Instant::MAX, c).unwrap();
     out.extend(drain(&mut client));
@@ -1084,6 +1085,81 @@ fn huge_settings_do_not_overflow() {
             .any(|o| matches!(o, O::RequestFailed(id, req, _) if (*id, *req) == (c, r))),
         "{out:?}"
     );
+}
+
+/// A drop fails the requests the old socket took whole (their replies could only have come
+/// on it) and keeps those still queued, a partly written one among them: they go out whole
+/// after the reconnect and are answered.
+#[test]
+fn a_drop_fails_the_requests_written_and_keeps_the_queued() {
+    let cfg = NodeConfig::default();
+    let (mut client, mut server, c, _) = connected(cfg.clone(), cfg);
+    let service = server.open_handle(Scope::Node).unwrap();
+    server.subscribe(service, 3, None).unwrap();
+    let ask = |client: &mut N, i: i32| {
+        client
+            .request(t(0), c, msg!(3, i, &[i as u8; 50]), Duration::from_secs(60))
+            .unwrap()
+    };
+    let written = ask(&mut client, 1);
+    let data = client.poll_transmit(c).unwrap().to_vec();
+    client.consume_transmit(c, data.len());
+    let partly = ask(&mut client, 2);
+    let queued = ask(&mut client, 3);
+    let n = client.poll_transmit(c).unwrap().len();
+    assert!(n > 10);
+    client.consume_transmit(c, 10);
+    drain(&mut client);
+    client.handle_eof(t(1), c).unwrap();
+    let out = drain(&mut client);
+    let failed: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            O::RequestFailed(id, r, e) => Some((*id, *r, *e)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [(c, written, RequestError::Closed)], "{out:?}");
+    // The reconnect: both queued requests go out whole, and their replies are matched.
+    let O::Reconnecting(_, at, _) = out
+        .iter()
+        .find(|o| matches!(o, O::Reconnecting(..)))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    client.handle_timeout(*at);
+    drain(&mut client);
+    client.handle_connected(*at, c).unwrap();
+    let s2 = server.accept(*at, addr(2, 40001)).unwrap();
+    let (_, got) = pump(*at, &mut client, &mut server, &[(c, s2)]);
+    let asked: Vec<Header> = got
+        .iter()
+        .filter_map(|o| match o {
+            O::Message(_, h, ..) => Some(*h),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked.iter().map(|h| h.message_id).collect::<Vec<_>>(),
+        [Some(2), Some(3)]
+    );
+    for h in &asked {
+        let mut reply = Header::new(3, h.message_id.unwrap() + 1);
+        reply.ints = h.ints;
+        server
+            .send(*at, s2, Message::new(&reply, b"ok"), Priority::Normal)
+            .unwrap();
+    }
+    let (out, _) = pump(*at, &mut client, &mut server, &[(c, s2)]);
+    let replied: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            O::Reply(_, r, _) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replied, [partly, queued], "{out:?}");
 }
 
 #[test]
