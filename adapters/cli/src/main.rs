@@ -97,12 +97,12 @@ enum Command {
         /// Service id.
         #[arg(long)]
         service: i32,
-        /// Message id.
-        #[arg(long)]
+        /// Message id (-1: none, as the C++ writes it).
+        #[arg(long, allow_negative_numbers = true)]
         message: i32,
         /// RequestId (header tag 11); the reply is matched by it (without it, the reply is the
         /// first message of the same service, or a CommandFailed 0/2).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         request_id: Option<i32>,
         /// A header int, TAG=INT (tags 10 to 16777214); may be repeated.
         #[arg(long = "header", value_name = "TAG=INT")]

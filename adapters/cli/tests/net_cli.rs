@@ -134,6 +134,17 @@ fn call_against_an_echo_server() {
         &["--service", "9", "--message", "1", "--body-hex", "0c"],
     );
     assert_eq!(stdout_json(&o)["body_hex"], "0c");
+    // Negative ids are values, not options (the C++ writes -1 for "no message id").
+    let o = call(
+        &s.addr,
+        &["--service", "9", "--message", "-1", "--request-id", "-7"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let j = stdout_json(&o);
+    assert_eq!(
+        (&j["message_id"], &j["headers"]["11"]),
+        (&(-1).into(), &(-7).into())
+    );
     let lines = s.wait_for("close");
     assert!(lines.iter().any(|l| l.contains("open ")), "{lines:?}");
     assert!(
