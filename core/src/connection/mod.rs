@@ -46,7 +46,6 @@ impl<S: Storage> InputRoom<'_, S> {
 }
 
 use crate::frame::{FrameEncoder, MAX_FRAME_LEN, PING_FRAME, PONG_FRAME};
-use crate::header::tags::REQUEST_ID;
 use crate::score::Score;
 use crate::storage::{ByteStore, DefaultStorage, Fifo, Storage};
 use crate::time::Instant;
@@ -143,22 +142,14 @@ impl<S: Storage> Outbox<S> {
         self.high.pending_bytes() + self.normal.pending_bytes()
     }
 
-    /// Calls `f` with the RequestId (header tag 11) of each queued message that has one.
-    pub(crate) fn for_each_request_id(&self, mut f: impl FnMut(i32)) {
-        let mut look = |frames: &[u8]| {
-            let Some(data) = frames.get(2..) else {
-                return;
-            };
-            if let Ok((header, len)) = crate::header::parse(data) {
-                if header.int_count() > 0 {
-                    if let Some(rid) = crate::header::ints(&data[..len]).get(REQUEST_ID) {
-                        f(rid);
-                    }
-                }
-            }
-        };
-        self.high.for_each_message(&mut look);
-        self.normal.for_each_message(&mut look);
+    /// The serial of the last normal-priority message queued (1 for the first).
+    pub(crate) fn normal_serial(&self) -> u64 {
+        self.normal.pushed()
+    }
+
+    /// Whether the normal-priority message of `serial` went out whole.
+    pub(crate) fn normal_sent(&self, serial: u64) -> bool {
+        self.normal.completed() >= serial
     }
 
     /// Queues a message (see [`Connection::send`]), for a connection that is not up.
@@ -1053,6 +1044,11 @@ impl<S: Storage> Connection<S> {
         }
         self.inbox.clear();
         self.close_with(now, reason);
+    }
+
+    /// The queued messages, and how far their sending got.
+    pub(crate) fn outbox(&self) -> &Outbox<S> {
+        &self.outbox
     }
 
     /// The messages not (fully) sent, whatever the state; partly sent ones start over. A

@@ -238,6 +238,11 @@ pub(crate) struct OutQueue<B, F> {
     /// Shared messages queued, and their bytes (they count against the byte bound too).
     shared: usize,
     shared_bytes: usize,
+    /// Messages queued at the back, and messages transmitted whole, since the queue was made:
+    /// the `n`th message pushed went out whole once `completed >= n` (the queue is first in,
+    /// first out but for a preface pushed at the front before anything went out).
+    pushed: u64,
+    completed: u64,
 }
 
 impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
@@ -252,7 +257,19 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
             entries,
             shared: 0,
             shared_bytes: 0,
+            pushed: 0,
+            completed: 0,
         }
+    }
+
+    /// Messages pushed at the back so far: the serial of the last one.
+    pub(crate) fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Messages transmitted whole so far.
+    pub(crate) fn completed(&self) -> u64 {
+        self.completed
     }
 
     /// Messages queued (including one partly transmitted).
@@ -302,6 +319,7 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
             .push_back(QueueEntry(Entry::Inline(needed)))
             .map_err(|_| Refused::Full)?;
         self.tail = at + needed;
+        self.pushed += 1;
         Ok(())
     }
 
@@ -362,6 +380,7 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
             .map_err(|_| Refused::Full)?;
         self.shared += 1;
         self.shared_bytes += len;
+        self.pushed += 1;
         Ok(())
     }
 
@@ -418,6 +437,7 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
             self.pop_front();
             done += 1;
         }
+        self.completed += done as u64;
         done
     }
 
@@ -435,22 +455,6 @@ impl<B: ByteStore, F: Fifo<QueueEntry>> OutQueue<B, F> {
         if self.head == self.tail {
             self.head = 0;
             self.tail = 0;
-        }
-    }
-
-    /// Calls `f` with each queued message's encoded frames, front first (for the front
-    /// message, also the part already transmitted).
-    pub(crate) fn for_each_message(&self, mut f: impl FnMut(&[u8])) {
-        let mut at = self.head;
-        for entry in (0..self.entries.len()).filter_map(|i| self.entries.get(i)) {
-            match &entry.0 {
-                Entry::Inline(len) => {
-                    f(&self.buf.bytes()[at..at + len]);
-                    at += len;
-                }
-                #[cfg(feature = "alloc")]
-                Entry::Shared(b) => f(b),
-            }
         }
     }
 

@@ -616,8 +616,9 @@ struct Pending {
     service: i32,
     /// Its reply is arriving in pieces: no timeout.
     streaming: bool,
-    /// Scratch for [`Node::fail_requests_written_on`]: still queued after a drop.
-    queued: bool,
+    /// Its message's serial in the connection's normal-priority queue (see
+    /// [`Node::fail_requests_written_on`]).
+    serial: u64,
 }
 
 /// The Meta service's CommandFailed (service 0, message 2), the Hub's error reply to any
@@ -1206,13 +1207,6 @@ impl<S: Storage> Node<S> {
             ));
         }
         let deadline = now + timeout;
-        let pending = Pending {
-            conn: id,
-            deadline,
-            service: message.header.service_id,
-            streaming: false,
-            queued: false,
-        };
         // A refused request gives back the caller's message, without the RequestId.
         self.send(
             now,
@@ -1221,6 +1215,19 @@ impl<S: Storage> Node<S> {
             Priority::Normal,
         )
         .map_err(|e| e.map(|_| message))?;
+        let serial = match self.slot(id).map(|s| &s.state) {
+            Ok(State::Live(conn)) => conn.outbox().normal_serial(),
+            Ok(State::Waiting { outbox, .. }) => outbox.normal_serial(),
+            // Cannot happen (the send went into one of the two); never counts as sent.
+            _ => u64::MAX,
+        };
+        let pending = Pending {
+            conn: id,
+            deadline,
+            service: message.header.service_id,
+            streaming: false,
+            serial,
+        };
         let _ = self.requests.insert(rid, pending);
         self.push_timer(deadline, Key::Request(rid));
         Ok(RequestId(rid))
@@ -1648,26 +1655,18 @@ impl<S: Storage> Node<S> {
 
     /// After a drop, before the reconnect: the requests of the connection that the old socket
     /// took whole fail ([`RequestError::Closed`]), as their replies could only have come on it.
-    /// Those still queued (one taken in part among them) go out whole on the next socket.
+    /// Those still queued (one taken in part among them) go out whole on the next socket. The
+    /// queue's serials tell them apart, not their RequestIds, which the application's own
+    /// messages may carry too.
     fn fail_requests_written_on(&mut self, index: u32) {
         let id = self.id_of(index);
         let Some(State::Waiting { outbox, .. }) = self.slots.get(index as usize).map(|s| &s.state)
         else {
             return;
         };
-        let requests = &mut self.requests;
-        requests.retain(|_, p| {
-            p.queued = false;
-            true
-        });
-        outbox.for_each_request_id(|rid| {
-            if let Some(p) = requests.get_mut(&rid) {
-                p.queued = true;
-            }
-        });
         let mut failed = List::<i32, FIXED_REQUESTS>::new(usize::MAX);
-        requests.retain(|rid, p| {
-            let keep = p.conn != id || p.queued;
+        self.requests.retain(|rid, p| {
+            let keep = p.conn != id || !outbox.normal_sent(p.serial);
             if !keep {
                 let _ = failed.push(*rid);
             }
