@@ -275,7 +275,7 @@ pub fn json_to_message(obj: &Json) -> Result<JsonMessage, InputError> {
     };
     if obj
         .get("headers_truncated")
-        .is_some_and(|t| t != &Json::Bool(false))
+        .is_some_and(|t| !matches!(t, Json::Bool(false) | Json::Null))
     {
         return Err(bad(
             "\"headers_truncated\": the header ints dropped on receipt are unknown, so the \
@@ -561,7 +561,9 @@ mod tests {
         assert_eq!(msgs[0]["headers_truncated"], true);
         assert!(json_to_message(&msgs[0]).is_err());
         let mut whole = msgs[0].clone();
-        whole["headers_truncated"] = Json::Bool(false);
-        assert!(json_to_message(&whole).is_ok());
+        for no in [Json::Bool(false), Json::Null] {
+            whole["headers_truncated"] = no;
+            assert!(json_to_message(&whole).is_ok());
+        }
     }
 }

@@ -41,13 +41,19 @@ pub fn echo(req: &Request<'_>, out: &mut Responder<'_>) {
     // A full queue is the client's problem (it sends faster than it reads); never block. What
     // peers may send but we may not (a negative service id, which a first frame cannot carry)
     // is said, not dropped without a word.
-    if let Err(SendError::Invalid(m, e)) = out.reply(req.message) {
-        eprintln!(
-            "flowee-cli: not echoed {}: {}/{}: {e}",
-            req.connection,
-            m.header.service_id,
-            m.header.message_id.map_or("-".into(), |id| id.to_string()),
-        );
+    let ids = |h: &Header| {
+        let message = h.message_id.map_or("-".into(), |id| id.to_string());
+        format!("{}: {}/{message}", req.connection, h.service_id)
+    };
+    match out.reply(req.message) {
+        Err(SendError::Invalid(m, e)) => {
+            eprintln!("flowee-cli: not echoed {}: {e}", ids(m.header));
+        }
+        Ok(()) if req.message.header.ints.truncated() => eprintln!(
+            "flowee-cli: echoed {} with only its 16 lowest header ints (it had more)",
+            ids(req.message.header)
+        ),
+        _ => {}
     }
 }
 

@@ -335,7 +335,8 @@ fn serve_logs_the_closes_its_shutdown_causes() {
 }
 
 /// Peers may send what we may not (a negative service id after the first frame): the echo
-/// server says it did not echo it, and goes on echoing.
+/// server says it did not echo it, and goes on echoing. A header with more ints than are kept
+/// is echoed with the kept ones, and that is said too.
 #[test]
 fn serve_says_what_it_cannot_echo() {
     use std::io::{Read, Write};
@@ -360,6 +361,26 @@ fn serve_says_what_it_cannot_echo() {
             back[7..],
             [0x07, 0x00, 0x08, 0x03, 0x10, 0x02, 0x04],
             "{adapter}"
+        );
+        // 3/3 with 17 ints (tags 10..=26, value 1) comes back with tags 10..=25.
+        let header = |tags: std::ops::RangeInclusive<u8>| {
+            let mut h = vec![0x08, 0x03, 0x10, 0x03];
+            for tag in tags {
+                h.extend_from_slice(&[tag << 3, 0x01]);
+            }
+            h.push(0x04);
+            let mut frame = ((h.len() + 2) as u16).to_le_bytes().to_vec();
+            frame.extend(h);
+            frame
+        };
+        peer.write_all(&header(10..=26)).unwrap();
+        let mut back = vec![0u8; header(10..=25).len()];
+        peer.read_exact(&mut back).unwrap();
+        assert_eq!(back, header(10..=25), "{adapter}");
+        let line = s.wait_for("echoed").pop().unwrap();
+        assert!(
+            line.contains("3/3 with only its 16 lowest header ints (it had more)"),
+            "{adapter}: {line}"
         );
     }
 }
