@@ -199,6 +199,13 @@ pub fn reply_header(request: &Header) -> Header {
     h
 }
 
+/// The timeout to give [`Node::request`] for a request that must not fail before `timeout`
+/// has passed: the adapters' clocks count whole milliseconds, rounded down, so a deadline
+/// counted from one could come up to a millisecond early.
+pub fn node_timeout(timeout: Duration) -> Duration {
+    timeout.saturating_add(Duration::from_millis(1))
+}
+
 /// A one-line description of why a connection closed, for logs.
 pub fn describe_close(reason: &CloseReason) -> String {
     format!("{} ({reason})", reason.name())

@@ -152,7 +152,7 @@ impl Client {
             let mut inner = self.rt.lock();
             let request = inner
                 .node
-                .request(now, self.id, message, timeout)
+                .request(now, self.id, message, flowee_service::node_timeout(timeout))
                 .map_err(|e| RequestFailure::NotSent(e.map(drop)))?;
             Runtime::wait_for(&mut inner, request)
         };

@@ -158,7 +158,7 @@ impl Client {
         self.rt.with(|inner, now| {
             let request = inner
                 .node
-                .request(now, self.id, message, timeout)
+                .request(now, self.id, message, flowee_service::node_timeout(timeout))
                 .map_err(|e| RequestFailure::NotSent(e.map(drop)))?;
             // With the node locked, so the reply cannot be dispatched before the waiter exists.
             inner.dispatch.wait(
