@@ -147,9 +147,9 @@ impl<S: Storage> Outbox<S> {
         self.normal.pushed()
     }
 
-    /// Whether the normal-priority message of `serial` went out whole.
-    pub(crate) fn normal_sent(&self, serial: u64) -> bool {
-        self.normal.completed() >= serial
+    /// How many normal-priority messages went out whole: those of serials up to this.
+    pub(crate) fn normal_sent(&self) -> u64 {
+        self.normal.completed()
     }
 
     /// Queues a message (see [`Connection::send`]), for a connection that is not up.

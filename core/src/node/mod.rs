@@ -1579,21 +1579,7 @@ impl<S: Storage> Node<S> {
         // A connect not handed out yet is for a connection that no longer exists.
         self.queued
             .retain(|q| !matches!(q, Queued::Connect(c, _) if *c == id));
-        let mut failed = List::<i32, FIXED_REQUESTS>::new(usize::MAX);
-        self.requests.retain(|rid, p| {
-            let keep = p.conn != id;
-            if !keep {
-                let _ = failed.push(*rid);
-            }
-            keep
-        });
-        for rid in failed.iter() {
-            self.queue(Queued::RequestFailed(
-                id,
-                RequestId(*rid),
-                RequestError::Closed,
-            ));
-        }
+        self.fail_requests(id, |_| true);
         self.queue(Queued::Removed(id, unsent));
     }
 
@@ -1664,9 +1650,15 @@ impl<S: Storage> Node<S> {
         else {
             return;
         };
+        let sent = outbox.normal_sent();
+        self.fail_requests(id, |p| p.serial <= sent);
+    }
+
+    /// Fails the requests of `id` that `fails` picks, with [`RequestError::Closed`].
+    fn fail_requests(&mut self, id: ConnId, fails: impl Fn(&Pending) -> bool) {
         let mut failed = List::<i32, FIXED_REQUESTS>::new(usize::MAX);
         self.requests.retain(|rid, p| {
-            let keep = p.conn != id || !outbox.normal_sent(p.serial);
+            let keep = p.conn != id || !fails(p);
             if !keep {
                 let _ = failed.push(*rid);
             }
