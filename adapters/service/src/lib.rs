@@ -504,16 +504,22 @@ mod tests {
     use flowee_proto::node::{NodeConfig, Scope};
     use std::sync::Mutex;
 
+    /// Adds a listener to `d` that keeps every event it hears.
+    fn recording_listener(d: &mut Dispatch) -> Arc<Mutex<Vec<NodeEvent>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        d.listen(Box::new(move |e| {
+            kept.lock().unwrap().push(e.clone());
+            true
+        }));
+        seen
+    }
+
     #[test]
     fn services_reply_in_place_and_listeners_hear_events() {
         let mut node: Node = Node::new(Instant::ZERO, NodeConfig::default());
         let mut d = Dispatch::default();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        d.listen(Box::new(move |e| {
-            s2.lock().unwrap().push(e.clone());
-            true
-        }));
+        let seen = recording_listener(&mut d);
         let h = node.open_handle(Scope::Node).unwrap();
         node.subscribe(h, 3, None).unwrap();
         d.set_sink(
@@ -556,12 +562,7 @@ mod tests {
     fn a_panicking_service_is_reported_and_the_others_still_run() {
         let mut node: Node = Node::new(Instant::ZERO, NodeConfig::default());
         let mut d = Dispatch::default();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        d.listen(Box::new(move |e| {
-            s2.lock().unwrap().push(e.clone());
-            true
-        }));
+        let seen = recording_listener(&mut d);
         // Two handles on service 3: the first panics on message 2, the second echoes.
         for panics in [true, false] {
             let h = node.open_handle(Scope::Node).unwrap();
