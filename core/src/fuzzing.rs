@@ -228,8 +228,7 @@ fn small_config(s: &mut Script<'_>) -> Config {
         pong_timeout: Some(Duration::from_millis(u64::from(s.byte()) * 100 + 1)),
         first_ping_timeout: Duration::from_millis(u64::from(s.u16()) + 1),
         ping_timeout: Duration::from_millis(u64::from(s.u16()) + 1),
-        max_pings_per_minute: NonZeroU32::new(u32::from(s.byte() % 20) + 1)
-            .unwrap_or(NonZeroU32::MIN),
+        max_owed_pongs: NonZeroU32::new(u32::from(s.byte() % 100) + 1).unwrap_or(NonZeroU32::MIN),
         normal_queue_len: NonZeroUsize::new(usize::from(s.byte() % 16) + 1)
             .unwrap_or(NonZeroUsize::MIN),
         high_queue_len: NonZeroUsize::new(usize::from(s.byte() % 4) + 1)

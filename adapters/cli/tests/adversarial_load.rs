@@ -559,7 +559,8 @@ impl Attack {
             // The start of a 9000-byte frame; the rest comes a byte a second.
             Attack::Slowloris => vec![0x28, 0x23, 0x08, 0x03],
             Attack::Silence | Attack::ConnectionFlood => Vec::new(),
-            Attack::PingFlood => PING_FRAME.repeat(300),
+            // Pings, and more of them below, never reading a pong.
+            Attack::PingFlood => PING_FRAME.repeat(10_000),
         }
     }
 }
@@ -632,6 +633,19 @@ async fn attack_loop(
                 true
             };
             trickle
+                .or(async {
+                    smol::Timer::after(limit).await;
+                    false
+                })
+                .await
+        } else if kind == Attack::PingFlood {
+            // Writes fail once the server has closed; it closes only when its unwritten pongs
+            // pile up, so the attacker must not read them.
+            let flood = async {
+                while stream.write_all(&opening).await.is_ok() {}
+                true
+            };
+            flood
                 .or(async {
                     smol::Timer::after(limit).await;
                     false

@@ -29,7 +29,7 @@ pub struct Points {
     pub bad_sequence: u32,
     /// [`Misbehaviour::OversizedSequence`].
     pub oversized_sequence: u32,
-    /// [`Misbehaviour::PingFlood`], per ping over the limit.
+    /// [`Misbehaviour::PingFlood`], per ping that goes unanswered.
     pub ping_flood: u32,
     /// [`Misbehaviour::Silent`].
     pub silent: u32,
@@ -82,9 +82,11 @@ pub struct Config {
     /// Accepting side: close when no message came this long after accepting (off by default;
     /// 4 s is the Hub's window, without its bug).
     pub introduction_timeout: Option<Duration>,
-    /// Accepting side: pings allowed per minute before each further one counts as a
-    /// [`Misbehaviour::PingFlood`].
-    pub max_pings_per_minute: NonZeroU32,
+    /// Accepting side: pongs that may wait unwritten. Every ping is answered, however fast
+    /// they come (spec §5: no rate limit); a ping that finds this many pongs waiting (the peer
+    /// sends pings and does not read the answers) goes unanswered and counts as a
+    /// [`Misbehaviour::PingFlood`]. (C++: the normal queue's 2000, unscored.)
+    pub max_owed_pongs: NonZeroU32,
     /// Messages the high-priority queue holds (C++: 20).
     pub high_queue_len: NonZeroUsize,
     /// Messages the normal queue holds (C++: 2000).
@@ -123,7 +125,7 @@ impl Default for Config {
             first_ping_timeout: Duration::from_secs(150),
             ping_timeout: Duration::from_secs(120),
             introduction_timeout: None,
-            max_pings_per_minute: nz32(120),
+            max_owed_pongs: nz32(65_536),
             high_queue_len: nz(20),
             normal_queue_len: nz(2000),
             normal_queue_bytes: nz(64 << 20),

@@ -201,7 +201,8 @@ pub enum Misbehaviour {
     BadSequence,
     /// A sequence announcing more than the configured limit (a memory bomb).
     OversizedSequence,
-    /// Pings faster than allowed.
+    /// A ping while [`Config::max_owed_pongs`](super::Config::max_owed_pongs) pongs waited:
+    /// the peer pings without reading the answers.
     PingFlood,
     /// Accepting side: the peer stayed silent past a deadline (no ping, no introduction).
     Silent,

@@ -697,6 +697,20 @@ impl<R: ByteStore, A: ByteStore> Inbox<R, A> {
         self.rx.releasable()
     }
 
+    /// Whether a complete frame waits unparsed: parsing waits for the application to take
+    /// what was parsed before it.
+    pub(crate) fn waits_for_application(&self) -> bool {
+        let avail = &self.rx.bytes()[self.parsed..self.end];
+        !self.failed
+            && matches!(frame::peek_len(avail, self.first_frame), Ok(Some(len)) if len <= avail.len())
+    }
+
+    /// The stream ends with the frame parsed last: frames already parsed are still delivered,
+    /// later ones are not parsed.
+    pub(crate) fn end_at_parsed(&mut self) {
+        self.failed = true;
+    }
+
     /// No more input comes; complete frames already received are still parsed and delivered.
     pub(crate) fn close_input(&mut self) {
         self.input_closed = true;

@@ -87,9 +87,19 @@ const NOTICES: usize = 16;
 /// Parsing pauses while fewer notice slots than this are free, so a burst of misbehaviour
 /// cannot overflow the notice queue.
 const NOTICE_RESERVE: usize = 2;
-/// At most this many pongs are owed at once; a peer pinging faster than it reads gets no more
-/// (the per-minute ping limit is what counts as misbehaviour).
-const MAX_OWED_PONGS: u8 = 8;
+/// Pongs handed out by one [`Connection::poll_transmit`] at most (a burst of pings is answered
+/// in few writes).
+const PONG_BATCH: usize = 64;
+/// [`PONG_BATCH`] pong frames in a row.
+static PONGS: [u8; PONG_FRAME.len() * PONG_BATCH] = {
+    let mut all = [0; PONG_FRAME.len() * PONG_BATCH];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = PONG_FRAME[i % PONG_FRAME.len()];
+        i += 1;
+    }
+    all
+};
 
 /// Our pings awaiting a pong, at most; more only when pong timeouts are off.
 const MAX_PINGS_OUT: usize = 4;
@@ -267,13 +277,13 @@ pub struct Connection<S: Storage = DefaultStorage> {
     frame_left: usize,
     returned: usize,
     ping_pending: bool,
-    pongs_owed: u8,
+    /// Pongs not yet written, the one partly written included.
+    pongs_owed: u32,
     /// When our unanswered pings were queued, oldest first: pongs answer them in order.
     pings_out: heapless::Deque<Instant, MAX_PINGS_OUT>,
     /// `handle_input` left bytes unread since the last ping (our application was not polling),
     /// so a ping may be waiting in them: a ping timeout then is not the peer's fault.
     held_back_input: bool,
-    ping_window: (Instant, u32),
     /// The last time data went through the buffers (for releasing idle ones).
     last_busy: Instant,
     /// Bytes of preface ([`Connection::send_first`]) at the head of the high queue.
@@ -340,7 +350,6 @@ impl<S: Storage> Connection<S> {
             pongs_owed: 0,
             pings_out: heapless::Deque::new(),
             held_back_input: false,
-            ping_window: (now, 0),
             last_busy: now,
             preface_len: 0,
             notices: heapless::Deque::new(),
@@ -577,21 +586,17 @@ impl<S: Storage> Connection<S> {
         if self.role == Role::Connecting {
             self.misbehave(now, Misbehaviour::PingedClient, None);
             self.close_with(now, CloseReason::PeerPinged);
+            // The C++ drops the connection at the ping: frames behind it are not delivered.
+            self.inbox.end_at_parsed();
             return;
         }
         self.timers
             .set(Timer::PingDeadline, after(now, self.config.ping_timeout));
         self.held_back_input = false;
-        let (start, count) = &mut self.ping_window;
-        if now.saturating_duration_since(*start) >= Duration::from_secs(60) {
-            *start = now;
-            *count = 0;
-        }
-        *count = count.saturating_add(1);
-        if *count > self.config.max_pings_per_minute.get() {
-            self.misbehave(now, Misbehaviour::PingFlood, None);
-        } else if self.pongs_owed < MAX_OWED_PONGS {
+        if self.pongs_owed < self.config.max_owed_pongs.get() {
             self.pongs_owed += 1;
+        } else {
+            self.misbehave(now, Misbehaviour::PingFlood, None);
         }
     }
 
@@ -635,8 +640,9 @@ impl<S: Storage> Connection<S> {
                 Timer::Ping => self.send_ping(now),
                 Timer::PongDeadline => self.close_with(now, CloseReason::PongTimeout),
                 Timer::PingDeadline => {
-                    // Unread input may hold the ping: then the stall is ours, not the peer's.
-                    if !self.held_back_input {
+                    // Input not taken or not parsed may hold the ping: then the stall is
+                    // ours, not the peer's.
+                    if !self.held_back_input && !self.inbox.waits_for_application() {
                         self.misbehave(now, Misbehaviour::Silent, None);
                     }
                     self.close_with(now, CloseReason::PingTimeout);
@@ -850,7 +856,12 @@ impl<S: Storage> Connection<S> {
         let source = self.source?;
         let (data, more_urgent) = match source {
             Source::Ping => (&PING_FRAME[PING_FRAME.len() - self.frame_left..], false),
-            Source::Pong => (&PONG_FRAME[PONG_FRAME.len() - self.frame_left..], false),
+            // The rest of the pong being written, then more whole ones.
+            Source::Pong => {
+                let batch = (self.pongs_owed as usize).min(PONG_BATCH);
+                let start = PONG_FRAME.len() - self.frame_left;
+                (&PONGS[start..batch * PONG_FRAME.len()], false)
+            }
             Source::High => (
                 self.outbox.high.unsent(),
                 self.ping_pending || self.pongs_owed > 0,
@@ -892,7 +903,8 @@ impl<S: Storage> Connection<S> {
             self.last_busy = self.now;
             self.stats.bytes_out += n as u64;
             match self.source {
-                Some(Source::Ping | Source::Pong) => self.consume_system_frame(n),
+                Some(Source::Ping) => self.consume_ping(n),
+                Some(Source::Pong) => self.consume_pongs(n),
                 Some(Source::High) => self.consume_queued(n, true),
                 Some(Source::Normal) => self.consume_queued(n, false),
                 None => {}
@@ -903,17 +915,30 @@ impl<S: Storage> Connection<S> {
         }
     }
 
-    /// `n` bytes of a ping or pong (one frame, of which `n` is at most what is left).
-    fn consume_system_frame(&mut self, n: usize) {
+    /// `n` bytes of the ping (one frame, of which `n` is at most what is left).
+    fn consume_ping(&mut self, n: usize) {
         self.frame_left -= n.min(self.frame_left);
-        if self.frame_left > 0 {
-            return;
+        if self.frame_left == 0 {
+            self.stats.frames_out += 1;
+            self.source = None;
+            self.ping_pending = false;
         }
-        self.stats.frames_out += 1;
-        match self.source.take() {
-            Some(Source::Ping) => self.ping_pending = false,
-            Some(Source::Pong) => self.pongs_owed -= 1,
-            _ => {}
+    }
+
+    /// `n` bytes of pongs (at most the batch handed out, which starts `frame_left` bytes
+    /// before the end of a pong).
+    fn consume_pongs(&mut self, n: usize) {
+        let written = PONG_FRAME.len() - self.frame_left + n;
+        let done = written / PONG_FRAME.len();
+        // `done` pongs were handed out, so at most `pongs_owed` (at most `PONG_BATCH`).
+        self.pongs_owed -= done as u32;
+        self.stats.frames_out += done as u64;
+        self.frame_left = match written % PONG_FRAME.len() {
+            0 => 0,
+            part => PONG_FRAME.len() - part,
+        };
+        if self.frame_left == 0 {
+            self.source = None;
         }
     }
 

@@ -282,6 +282,39 @@ fn a_ping_to_the_client_closes_it_for_good() {
 }
 
 #[test]
+fn nothing_after_a_ping_to_the_client_is_delivered_however_the_bytes_come() {
+    let mut wire = Vec::new();
+    FrameEncoder::new()
+        .encode(&Header::new(1, 1), b"before", &mut wire)
+        .unwrap();
+    let ping_at = wire.len();
+    wire.extend_from_slice(&PING_FRAME);
+    FrameEncoder::new()
+        .encode(&Header::new(1, 2), b"after", &mut wire)
+        .unwrap();
+    let expected = vec![
+        Ev::Message(Header::new(1, 1), b"before".to_vec()),
+        Ev::Closed(CloseReason::PeerPinged),
+    ];
+    // In one read, a read per frame, and a byte at a time.
+    for pieces in [
+        vec![wire.len()],
+        vec![ping_at, 6, wire.len() - ping_at - 6],
+        vec![1; wire.len()],
+    ] {
+        let (mut c, _) = pair(Config::default());
+        let mut events = Vec::new();
+        let mut at = 0;
+        for n in pieces {
+            c.handle_input(t(1), &wire[at..at + n]);
+            at += n;
+            events.extend(drain(&mut c));
+        }
+        assert_eq!(events, expected);
+    }
+}
+
+#[test]
 fn garbage_first_bytes() {
     let (_, mut s) = pair(Config::default());
     assert_eq!(s.handle_input(t(1), b"GET / HTTP/1.1\r\n"), 16);
@@ -729,18 +762,59 @@ fn scores_decay() {
 }
 
 #[test]
-fn ping_floods_count_as_misbehaviour() {
+fn every_ping_gets_a_pong_however_fast_they_come() {
+    let (_, mut s) = pair(Config::default());
+    // A burst in one read: its pongs go out in batches, not a write each.
+    s.handle_input(t(1), &PING_FRAME.repeat(150));
+    assert_eq!(s.poll_transmit().map(<[u8]>::len), Some(PONG_BATCH * 6));
+    assert_eq!(take_tx(&mut s), PONG_FRAME.repeat(150));
+    // A thousand a second for five seconds, each answered before the next (spec §5: no rate
+    // limit on pings).
+    for ms in 0..5000 {
+        s.handle_input(Instant::from_millis(2000 + ms), &PING_FRAME);
+        assert_eq!(take_tx(&mut s), PONG_FRAME);
+    }
+    assert_eq!(drain(&mut s), []);
+    assert_eq!(s.stats().frames_out, 5150);
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn pongs_written_in_any_pieces_come_out_whole() {
+    let (_, mut s) = pair(Config::default());
+    s.handle_input(t(1), &PING_FRAME.repeat(100));
+    let mut out = Vec::new();
+    // Writes of 1 to 13 bytes: pieces that end inside a pong, and some that end between.
+    for n in (1..=13).cycle() {
+        let Some(data) = s.poll_transmit() else { break };
+        let n = n.min(data.len());
+        out.extend_from_slice(&data[..n]);
+        s.consume_transmit(n);
+    }
+    assert_eq!(out, PONG_FRAME.repeat(100));
+    assert_eq!(s.stats().frames_out, 100);
+    // A message queued now goes out after them, whole.
+    s.send(t(2), msg!(3, 1, b"x"), Priority::Normal).unwrap();
+    let tx = take_tx(&mut s);
+    assert_eq!(tx[2..], [0x08, 0x03, 0x10, 0x01, 0x04, b'x']);
+}
+
+#[test]
+fn pings_whose_pongs_are_not_read_count_as_misbehaviour() {
     let config = Config {
-        max_pings_per_minute: core::num::NonZeroU32::new(5).unwrap(),
+        max_owed_pongs: core::num::NonZeroU32::new(5).unwrap(),
         ..Config::default()
     };
     let (_, mut s) = pair(config);
-    let pings: Vec<u8> = PING_FRAME.iter().copied().cycle().take(6 * 10).collect();
-    s.handle_input(t(1), &pings);
+    s.handle_input(t(1), &PING_FRAME.repeat(10));
     let events = drain(&mut s);
     assert_eq!(events.len(), 5);
     assert_eq!(events[4], Ev::Misbehaved(Misbehaviour::PingFlood, 10, 50));
-    assert_eq!(take_tx(&mut s).len(), 5 * 6);
+    assert_eq!(take_tx(&mut s), PONG_FRAME.repeat(5));
+    // Once they are written, pings are answered again.
+    s.handle_input(t(2), &PING_FRAME);
+    assert_eq!(take_tx(&mut s), PONG_FRAME);
+    assert_eq!(drain(&mut s), []);
 }
 
 #[test]
@@ -913,6 +987,18 @@ fn no_silence_points_when_our_application_held_the_input_back() {
         rest = &rest[n..];
     }
     assert!(!rest.is_empty());
+    times_out_without_points(&mut s);
+    // The same when all the input was taken, but a ping waits behind a sequence start that
+    // cannot be parsed before the application takes the sequence before it.
+    let (_, mut s) = pair(Config::default());
+    let one_chunk = [0x08, 0x01, 0x18, 0x01, 0x24, 0x04, b'a'];
+    let mut wire = Vec::new();
+    for _ in 0..2 {
+        wire.extend_from_slice(&[9, 0]);
+        wire.extend_from_slice(&one_chunk);
+    }
+    wire.extend_from_slice(&PING_FRAME);
+    assert_eq!(s.handle_input(t(100), &wire), wire.len());
     times_out_without_points(&mut s);
     // A peer that is simply silent still gets the points.
     let (_, mut s) = pair(small_receive_buffer());
