@@ -222,7 +222,8 @@ impl Router {
         for s in &self.subs {
             let i = usize::from(s.handle);
             if s.service == header.service_id
-                && s.message.is_none_or(|m| Some(m) == header.message_id)
+                // An absent MessageId reads as -1 (spec §3.2).
+                && s.message.is_none_or(|m| m == header.message_id.unwrap_or(-1))
                 && self.scope_matches(i, conn)
             {
                 set.insert(s.handle);

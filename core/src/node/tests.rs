@@ -1513,3 +1513,75 @@ fn replies_and_messages_in_pieces_are_matched_and_routed() {
         "{out:?}"
     );
 }
+
+/// Spec §5: "there is no rate limit on pings".
+#[test]
+fn a_client_pinging_four_times_a_second_is_answered_and_never_punished() {
+    let mut client_cfg = NodeConfig::default();
+    client_cfg.connection.ping_interval = Duration::from_millis(250);
+    let (mut client, mut server, c, s) = connected(client_cfg, NodeConfig::default());
+    let mut client_out = Vec::new();
+    let mut server_out = Vec::new();
+    for step in 0..=(4 * 180u64) {
+        let now = Instant::from_millis(step * 250);
+        client.handle_timeout(now);
+        server.handle_timeout(now);
+        let (a, b) = pump(now, &mut client, &mut server, &[(c, s)]);
+        client_out.extend(a);
+        server_out.extend(b);
+    }
+    let pongs = client_out
+        .iter()
+        .filter(|o| matches!(o, O::Event(_, e) if e.starts_with("Pong")))
+        .count();
+    assert_eq!(pongs, 4 * 180);
+    let punished: Vec<_> = server_out
+        .iter()
+        .filter(|o| {
+            matches!(o, O::Event(_, e) if e.contains("Misbehaved") || e.contains("Closed"))
+                || matches!(o, O::Banned(..))
+        })
+        .collect();
+    assert!(punished.is_empty(), "{punished:?}");
+    assert_eq!(server.score(addr(2, 40000).ip()), 0);
+}
+
+#[test]
+fn an_imported_ban_closes_the_live_connections_of_its_address() {
+    let (_client, mut server, _c, s) = connected(NodeConfig::default(), NodeConfig::default());
+    let (_other, mut server2, _, s2) = connected(NodeConfig::default(), NodeConfig::default());
+    drain(&mut server);
+    drain(&mut server2);
+    let record = BanRecord {
+        ip: addr(2, 0).ip(),
+        until_unix_secs: 1_000_000 + 3600,
+    };
+    assert_eq!(server.import_bans(t(1), 1_000_000, [record]), 1);
+    let out = drain(&mut server);
+    assert!(out.contains(&O::Disconnect(s)), "{out:?}");
+    // A ban of another address leaves it alone.
+    let record = BanRecord {
+        ip: addr(9, 0).ip(),
+        until_unix_secs: 1_000_000 + 3600,
+    };
+    assert_eq!(server2.import_bans(t(1), 1_000_000, [record]), 1);
+    assert!(!drain(&mut server2).contains(&O::Disconnect(s2)));
+}
+
+/// Spec §3.2: "messageId(): -1 if absent".
+#[test]
+fn a_subscription_to_message_minus_one_takes_messages_without_an_id() {
+    let (_client, mut server, _c, s) = connected(NodeConfig::default(), NodeConfig::default());
+    let h = server.open_handle(Scope::Node).unwrap();
+    server.subscribe(h, 5, Some(-1)).unwrap();
+    drain(&mut server);
+    server
+        .handle_input(t(0), s, &[0x05, 0x00, 0x08, 0x05, 0x04])
+        .unwrap();
+    let out = drain(&mut server);
+    let got: Vec<&O> = out.iter().filter(|o| matches!(o, O::Message(..))).collect();
+    assert!(
+        matches!(got[..], [O::Message(_, _, _, handles)] if handles == &vec![h.index()]),
+        "{out:?}"
+    );
+}
