@@ -84,6 +84,16 @@ pub fn token_to_json(token: &Token<'_>) -> Json {
         },
         Value::Bytes(b) => ("bytes", Json::String(to_hex(b))),
         Value::Bool(b) => ("bool", Json::Bool(b)),
+        // A NaN other than the usual one (the C++ writes the host's bits: 0.0/0.0 is negative
+        // on x86) keeps its exact bytes too.
+        Value::Double(d) if d.is_nan() && d.to_bits() != f64::NAN.to_bits() => {
+            return json!({
+                "tag": token.tag,
+                "type": "double",
+                "value": "NaN",
+                "hex": to_hex(&d.to_le_bytes()),
+            });
+        }
         Value::Double(d) => ("double", double_to_json(d)),
         _ => ("unknown", Json::Null),
     };
@@ -179,15 +189,24 @@ pub fn json_to_cmf(tokens: &Json) -> Result<Vec<u8>, InputError> {
                     .as_bool()
                     .ok_or_else(|| ctx("value must be true or false"))?,
             ),
-            "double" => Value::Double(match value {
-                Json::String(s) if s == "NaN" => f64::NAN,
-                Json::String(s) if s == "inf" => f64::INFINITY,
-                Json::String(s) if s == "-inf" => f64::NEG_INFINITY,
-                Json::Number(n) => n
-                    .to_string()
-                    .parse()
-                    .map_err(|_| ctx("value is not a double"))?,
-                _ => return Err(ctx("value must be a number, \"NaN\", \"inf\" or \"-inf\"")),
+            "double" => Value::Double(match (obj.get("hex"), value) {
+                (Some(h), _) => {
+                    let bytes = h.as_str().map(from_hex).transpose()?;
+                    let bytes = bytes
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .ok_or_else(|| ctx("hex must be the double's 8 bytes"))?;
+                    f64::from_le_bytes(bytes)
+                }
+                (None, value) => match value {
+                    Json::String(s) if s == "NaN" => f64::NAN,
+                    Json::String(s) if s == "inf" => f64::INFINITY,
+                    Json::String(s) if s == "-inf" => f64::NEG_INFINITY,
+                    Json::Number(n) => n
+                        .to_string()
+                        .parse()
+                        .map_err(|_| ctx("value is not a double"))?,
+                    _ => return Err(ctx("value must be a number, \"NaN\", \"inf\" or \"-inf\"")),
+                },
             }),
             other => {
                 return Err(bad(format!(
@@ -492,6 +511,11 @@ mod tests {
             5e-324,
             f64::INFINITY,
             f64::NEG_INFINITY,
+            f64::NAN,
+            // 0.0 / 0.0 on x86, and NaNs with payloads.
+            f64::from_bits(0xFFF8_0000_0000_0000),
+            f64::from_bits(0x7FF0_0000_0000_0001),
+            f64::from_bits(0xFFFF_FFFF_FFFF_FFFF),
         ] {
             let mut w = Writer::new(Vec::new());
             w.add(1, d);

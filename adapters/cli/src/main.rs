@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use flowee_cli::{bench, demo, json, net};
-use flowee_proto::header::{CUSTOM_TAG_MAX, CUSTOM_TAG_MIN, HeaderInts, tags};
+use flowee_proto::frame::FrameEncoder;
+use flowee_proto::header::{CUSTOM_TAG_MAX, CUSTOM_TAG_MIN, Header, HeaderInts, tags};
 use serde_json::Value as Json;
 use std::io::Read;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -94,8 +95,8 @@ enum Command {
     Call {
         /// Server address, e.g. 127.0.0.1:1235.
         addr: String,
-        /// Service id.
-        #[arg(long)]
+        /// Service id (0 to 2147483646, not 126).
+        #[arg(long, allow_negative_numbers = true)]
         service: i32,
         /// Message id (-1: none, as the C++ writes it).
         #[arg(long, allow_negative_numbers = true)]
@@ -177,7 +178,14 @@ fn header_arg(text: &str) -> Result<(u32, i32), String> {
 }
 
 /// Checks that the header ints of a `call` fit in one header (bad input, not a failed call).
-fn check_header_ints(headers: &[(u32, i32)], request_id: Option<i32>) -> Result<(), String> {
+/// The header `call` sends, refused here (bad input) if it could not be sent with `body`.
+fn call_header(
+    service: i32,
+    message: i32,
+    headers: &[(u32, i32)],
+    request_id: Option<i32>,
+    body: &[u8],
+) -> Result<Header, String> {
     let mut ints = HeaderInts::new();
     for &(tag, value) in headers {
         ints.set(tag, value).map_err(|e| format!("--header: {e}"))?;
@@ -186,7 +194,16 @@ fn check_header_ints(headers: &[(u32, i32)], request_id: Option<i32>) -> Result<
         ints.set(tags::REQUEST_ID, id)
             .map_err(|e| format!("--request-id {id}: {e}"))?;
     }
-    Ok(())
+    let header = Header {
+        service_id: service,
+        message_id: Some(message),
+        ints,
+    };
+    // The encoder's checks are the ones a send makes.
+    FrameEncoder::new()
+        .encode(&header, body, &mut Vec::new())
+        .map_err(|e| format!("cannot send --service {service} --message {message}: {e}"))?;
+    Ok(header)
 }
 
 /// Runs a network command: its own failures print one line and exit with 1.
@@ -319,12 +336,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 .iter()
                 .map(|h| header_arg(h))
                 .collect::<Result<_, _>>()?;
-            check_header_ints(&headers, request_id)?;
             let call = net::Call {
-                service,
-                message,
-                request_id,
-                headers,
+                header: call_header(service, message, &headers, request_id, &body)?,
                 body,
                 verify_echo,
                 timeout: seconds(timeout)?,

@@ -2,7 +2,6 @@
 
 use crate::json;
 use flowee_proto::cmf::Reader;
-use flowee_proto::header::{HeaderInts, tags};
 use flowee_smol::{
     Client, Events, Header, Message, NodeConfig, NodeEvent, Priority, Request, RequestFailure,
     Responder, SendError, Server, describe_close,
@@ -165,15 +164,10 @@ fn log_event(e: &NodeEvent) {
 /// What `call` sends.
 #[derive(Clone, Debug)]
 pub struct Call {
-    /// Service id.
-    pub service: i32,
-    /// Message id.
-    pub message: i32,
-    /// RequestId (tag 11), to match the reply by. Without one, the reply is the first message
-    /// of the same service, or a CommandFailed (0/2), as the Hub answers (spec §9.3).
-    pub request_id: Option<i32>,
-    /// Other header ints.
-    pub headers: Vec<(u32, i32)>,
+    /// The message's header. Its RequestId (tag 11), if any, matches the reply; without one,
+    /// the reply is the first message of the same service, or a CommandFailed (0/2), as the
+    /// Hub answers (spec §9.3).
+    pub header: Header,
     /// The body.
     pub body: Vec<u8>,
     /// Fail unless the reply's body equals the body sent.
@@ -184,30 +178,17 @@ pub struct Call {
 
 /// `call`: sends one message and returns the reply as a JSON line.
 pub async fn call(addr: &str, call: &Call) -> Result<String, Failure> {
-    let mut ints = HeaderInts::new();
-    for &(tag, value) in &call.headers {
-        ints.set(tag, value)
-            .map_err(|e| fail(format!("--header {tag}={value}: {e}")))?;
-    }
-    if let Some(id) = call.request_id {
-        ints.set(tags::REQUEST_ID, id)
-            .map_err(|e| fail(format!("--request-id {id}: {e}")))?;
-    }
-    let header = Header {
-        service_id: call.service,
-        message_id: Some(call.message),
-        ints,
-    };
+    let header = &call.header;
     let deadline = Deadline::after(call.timeout);
     let client = connect(addr, &deadline).await?;
     let mut incoming = client.incoming();
     let mut events = client.events();
     client
-        .send(Message::new(&header, &call.body), Priority::Normal)
+        .send(Message::new(header, &call.body), Priority::Normal)
         .map_err(|e| fail(format!("cannot send: {e}")))?;
-    let answers = |h: &Header| match call.request_id {
+    let answers = |h: &Header| match header.request_id() {
         Some(id) => h.request_id() == Some(id),
-        None => h.service_id == call.service || (h.service_id, h.message_id) == (0, Some(2)),
+        None => h.service_id == header.service_id || (h.service_id, h.message_id) == (0, Some(2)),
     };
     let reply = async {
         loop {

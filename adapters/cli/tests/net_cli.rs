@@ -207,6 +207,18 @@ fn version_and_failures() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
     }
+    // So are ids no message can carry: the system service, a negative service, a message id
+    // that is not an int.
+    for bad in [
+        ["--service", "126", "--message", "1"],
+        ["--service", "-1", "--message", "1"],
+        ["--service", "1", "--message", "2147483647"],
+    ] {
+        let o = call("127.0.0.1:1", &bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
+    }
     // The edges of the range are fine (the call fails only for want of a server).
     for good in ["10=1", "16777214=-1"] {
         let o = call(
