@@ -4,6 +4,7 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::select::{Either, select, yield_now};
 use core::fmt;
+use core::time::Duration;
 use embedded_io_async::{Read, Write};
 use flowee_proto::connection::Stats;
 use flowee_proto::storage::{Fixed, Storage};
@@ -12,6 +13,10 @@ use flowee_proto::{Config, Connection, Event, Instant, Message, Priority, Role, 
 /// Loop turns [`Client::next`] and [`Client::flush`] make before giving the executor a turn,
 /// so a socket that is always ready cannot starve the other tasks.
 const TURNS_PER_YIELD: u32 = 32;
+/// How long a write the socket does not take waits before reads go first. A peer that stops
+/// reading until we read its answers (the C++ does while more than 750 wait) must not wait
+/// for us while we wait for it.
+const WRITE_PATIENCE: Duration = Duration::from_millis(50);
 
 /// A Flowee client over any socket with `embedded-io-async` [`Read`] + [`Write`] (an
 /// `embassy-net` `TcpSocket`, a UART bridge, a host socket through `embedded-io-adapters`).
@@ -45,6 +50,9 @@ pub struct Client<T, C, S: Storage = Fixed, const READ: usize = 1024> {
     conn: Connection<S>,
     io: T,
     clock: C,
+    /// A write waited [`WRITE_PATIENCE`] in vain: reads go first, with writes tried between
+    /// them without waiting, until a read finds nothing.
+    write_stalled: bool,
 }
 
 impl<T, C, S, const READ: usize> Client<T, C, S, READ>
@@ -74,6 +82,7 @@ where
             conn: Connection::connecting(now, config),
             io,
             clock,
+            write_stalled: false,
         }
     }
 
@@ -248,27 +257,47 @@ where
                 continue;
             }
             let deadline = earliest(self.conn.poll_timeout(), until);
-            let Client { conn, io, clock } = self;
+            let patience = earliest(deadline, Some(now + WRITE_PATIENCE));
+            let Client {
+                conn,
+                io,
+                clock,
+                write_stalled,
+            } = self;
             if let Some(data) = conn.poll_transmit() {
-                // Writing first keeps the queues short; the peer keeps reading meanwhile.
-                let written = select(io.write(data), sleep(clock, deadline)).await;
-                if let Either::First(result) = written {
-                    Self::wrote(conn, clock.now(), result)?;
+                // Writing first keeps the queues short. After a stall, a write is only tried.
+                let wait = if *write_stalled { Some(now) } else { patience };
+                match select(io.write(data), sleep(clock, wait)).await {
+                    Either::First(result) => {
+                        *write_stalled = false;
+                        Self::wrote(conn, clock.now(), result)?;
+                        continue;
+                    }
+                    Either::Second(()) if !*write_stalled => {
+                        *write_stalled = true;
+                        continue;
+                    }
+                    Either::Second(()) => {}
                 }
-                continue;
+            } else {
+                *write_stalled = false;
             }
             // The socket reads straight into the receive buffer. A read cut short by the
             // clock takes nothing (the socket's `read` is cancel safe), nor does the room.
             let mut room = conn.input_room();
             let buf = room.buf();
             let len = buf.len().min(READ);
+            // While writes stall, a read that finds nothing within the patience gives the
+            // writes their turn again.
+            let wait = if *write_stalled { patience } else { deadline };
             if len == 0 {
                 // Not reached: with the last event let go, the receive buffer (at least one
                 // maximum frame) has room, or holds a complete frame. Wait for the clock.
-                sleep(clock, deadline).await;
+                sleep(clock, wait).await;
+                *write_stalled = false;
                 continue;
             }
-            match select(io.read(&mut buf[..len]), sleep(clock, deadline)).await {
+            match select(io.read(&mut buf[..len]), sleep(clock, wait)).await {
                 Either::First(Ok(0)) => conn.handle_eof(clock.now()),
                 Either::First(Ok(n)) => {
                     room.commit(clock.now(), n);
@@ -277,7 +306,7 @@ where
                     conn.handle_eof(clock.now());
                     return Err(Error::Read(e));
                 }
-                Either::Second(()) => {}
+                Either::Second(()) => *write_stalled = false,
             }
         }
     }
@@ -319,6 +348,7 @@ where
 
     /// A new connecting connection with the closed one's unsent messages.
     fn start_over(&mut self, now: Instant) {
+        self.write_stalled = false;
         let config = *self.conn.config();
         self.conn = match self.conn.take_outbox() {
             Some(outbox) => Connection::with_outbox(now, Role::Connecting, config, outbox),

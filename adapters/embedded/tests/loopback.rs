@@ -374,3 +374,71 @@ fn banned_address_is_closed_at_accept() {
         server.shutdown().await;
     });
 }
+
+/// A peer that reads nothing until it has written everything (as the C++ stops reading while
+/// more than 750 answers wait for us): the client must read while its writes wait, or both
+/// ends wait for each other for ever.
+#[test]
+fn a_peer_that_reads_only_after_writing_does_not_deadlock_the_client() {
+    use std::io::{Read, Write};
+    // More than the sockets' buffers hold, each way.
+    const COUNT: usize = 4000;
+    const BODY: usize = 8000;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut frame = Vec::new();
+        flowee_proto::frame::FrameEncoder::new()
+            .encode(&Header::new(7, 1), &pattern(BODY), &mut frame)
+            .unwrap();
+        for _ in 0..COUNT {
+            s.write_all(&frame).unwrap();
+        }
+        // Only now read what the client sent: the same frames.
+        let mut left = COUNT * frame.len();
+        let mut buf = vec![0; 64 * 1024];
+        while left > 0 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+        let _ = done.send(left);
+    });
+    smol::block_on(async {
+        let mut client = client(addr, Config::default()).await;
+        let body = pattern(BODY);
+        let (mut sent, mut got) = (0, 0);
+        let give_up = std::time::Instant::now() + 3 * PATIENCE;
+        while sent < COUNT || got < COUNT || client.connection().wants_transmit() {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "stuck: {sent} sent, {got} received"
+            );
+            if sent < COUNT
+                && client
+                    .send(Message::new(&Header::new(7, 1), &body), Priority::Normal)
+                    .is_ok()
+            {
+                sent += 1;
+            }
+            if got == COUNT {
+                // Nothing more comes: only write.
+                client.flush().await.unwrap();
+                continue;
+            }
+            let deadline = client.clock().now() + Duration::from_millis(100);
+            match client.next_before(deadline).await {
+                Ok(Some(Event::Message(m))) => {
+                    assert_eq!(m.body.len(), BODY);
+                    got += 1;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("client error: {e}"),
+            }
+        }
+    });
+    assert_eq!(finished.recv_timeout(PATIENCE), Ok(0));
+}
