@@ -32,7 +32,8 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         hex: Vec<String>,
     },
-    /// Encode a JSON message (or with --cmf, a JSON token array) into the hex the C++ would send.
+    /// Encode JSON messages, one after the other as `decode` prints them (or with --cmf, a
+    /// JSON token array), into the hex the C++ would send.
     Encode {
         /// Encode a token array into a bare CMF document.
         #[arg(long)]
@@ -262,14 +263,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             })
         }
         Command::Encode { cmf, json: text } => {
-            let value: Json =
-                serde_json::from_str(&argument(text)?).map_err(|e| format!("bad JSON: {e}"))?;
+            let text = argument(text)?;
             let bytes = if cmf {
-                json::json_to_cmf(&value)
+                let value: Json =
+                    serde_json::from_str(&text).map_err(|e| format!("bad JSON: {e}"))?;
+                json::json_to_cmf(&value).map_err(|e| e.to_string())?
             } else {
-                json::json_to_message(&value).and_then(|m| json::encode_message(&m))
-            }
-            .map_err(|e| e.to_string())?;
+                // The frames of every message, in order (`decode` prints one per line).
+                let mut bytes = Vec::new();
+                for value in serde_json::Deserializer::from_str(&text).into_iter::<Json>() {
+                    let value = value.map_err(|e| format!("bad JSON: {e}"))?;
+                    let message = json::json_to_message(&value).map_err(|e| e.to_string())?;
+                    bytes.extend(json::encode_message(&message).map_err(|e| e.to_string())?);
+                }
+                if bytes.is_empty() {
+                    return Err("no JSON message to encode".into());
+                }
+                bytes
+            };
             println!("{}", json::to_hex(&bytes));
             Ok(ExitCode::SUCCESS)
         }

@@ -131,6 +131,9 @@ fn frame_vectors_through_the_cli() {
             assert_eq!(stdout(&re).trim(), line, "{name}: decode(encode)");
         }
         assert_eq!(again, hex, "{name}: encode");
+        // All the lines at once: the same bytes.
+        let all = cli(&["encode", "-"], Some(&stdout(&out)));
+        assert_eq!(stdout(&all).trim(), hex, "{name}: encode of every line");
         n += 1;
     }
     assert_eq!(n, 12);
@@ -159,6 +162,8 @@ fn ping_pong_and_errors() {
         &["decode", "0g"][..],
         &["decode", "abc"],
         &["encode", "{oops"],
+        &["encode", "{\"system\":\"ping\"} {oops"],
+        &["encode", " "],
         &["encode", "--cmf", "{}"],
     ] {
         let out = cli(bad, None);
