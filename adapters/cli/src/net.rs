@@ -66,6 +66,28 @@ pub fn version_service(req: &Request<'_>, out: &mut Responder<'_>) {
     }
 }
 
+/// Answers what no service takes as the Hub does (spec §9.3): a request to a service below 16
+/// gets a CommandFailed (0/2) saying "Unsupported command", with the request's header ints
+/// from RequestId (11) up; other services are ignored.
+pub fn unsupported_command(req: &Request<'_>, out: &mut Responder<'_>) {
+    let asked = req.message.header;
+    if !(0..16).contains(&asked.service_id) {
+        return;
+    }
+    let mut body = flowee_proto::cmf::Writer::new(Vec::new());
+    body.add(20, "Unsupported command");
+    body.add(21, asked.service_id);
+    body.add(22, asked.message_id.unwrap_or(-1));
+    if let Ok(body) = body.finish() {
+        let header = Header {
+            service_id: 0,
+            message_id: Some(2),
+            ..flowee_smol::reply_header(asked)
+        };
+        let _ = out.reply(Message::new(&header, &body));
+    }
+}
+
 /// What `serve` answers (echo for everything, or the version service), then the line that
 /// says where it listens. A macro, as the smol and std servers are different types with the
 /// same methods.
@@ -77,6 +99,7 @@ macro_rules! install_services {
             $server
                 .handle(0, Some(0), version_service)
                 .map_err(|e| fail(e.to_string()))?;
+            $server.handle_unclaimed(unsupported_command);
         }
         eprintln!(
             "flowee-cli: listening on {}{}",

@@ -156,6 +156,46 @@ fn call_against_an_echo_server() {
 }
 
 #[test]
+fn unsupported_commands_get_a_command_failed_as_from_a_hub() {
+    for adapter in ["smol", "std"] {
+        let s = Serve::start_with(&["--adapter", adapter]);
+        let o = call(
+            &s.addr,
+            &[
+                "--service",
+                "1",
+                "--message",
+                "10",
+                "--request-id",
+                "5",
+                "--header",
+                "12=-3",
+                "--header",
+                "10=1",
+            ],
+        );
+        assert!(o.status.success(), "{adapter}: {o:?}");
+        let reply = stdout_json(&o);
+        assert_eq!(
+            (&reply["service_id"], &reply["message_id"]),
+            (&Json::from(0), &Json::from(2)),
+            "{adapter}: {reply}"
+        );
+        // RequestId and the tags above it are copied; ASyncRequest (10) is not.
+        assert_eq!(reply["headers"], serde_json::json!({"11": 5, "12": -3}));
+        assert_eq!(
+            reply["body"],
+            serde_json::json!([
+                {"tag": 20, "type": "string", "value": "Unsupported command"},
+                {"tag": 21, "type": "uint", "value": 1},
+                {"tag": 22, "type": "uint", "value": 10},
+            ]),
+            "{adapter}"
+        );
+    }
+}
+
+#[test]
 fn version_and_failures() {
     let s = Serve::start(false);
     let o = bin().args(["version", &s.addr]).output().unwrap();
