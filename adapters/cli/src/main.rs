@@ -41,8 +41,9 @@ enum Command {
         /// JSON text, or `-` to read it from stdin.
         json: String,
     },
-    /// Run a server that answers pings and version requests (with --echo: pings, and every
-    /// other message is sent back); stops on SIGINT or SIGTERM.
+    /// Run a server that answers pings and version requests, and other requests to services
+    /// below 16 with CommandFailed (with --echo: pings, and every other message is sent
+    /// back); stops on SIGINT or SIGTERM.
     Serve {
         /// Address to listen on, e.g. 127.0.0.1:1235.
         #[arg(long)]
