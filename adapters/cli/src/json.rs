@@ -203,8 +203,12 @@ pub fn json_to_cmf(tokens: &Json) -> Result<Vec<u8>, InputError> {
                     Json::String(s) if s == "-inf" => f64::NEG_INFINITY,
                     Json::Number(n) => n
                         .to_string()
-                        .parse()
-                        .map_err(|_| ctx("value is not a double"))?,
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|d| d.is_finite())
+                        .ok_or_else(|| {
+                            ctx("value is not a finite double (write \"inf\" or \"-inf\")")
+                        })?,
                     _ => return Err(ctx("value must be a number, \"NaN\", \"inf\" or \"-inf\"")),
                 },
             }),
@@ -565,6 +569,15 @@ mod tests {
         assert!(json_to_cmf(&j).is_err());
         let j: Json = serde_json::from_str(r#"{"service_id": 1, "headers": {"9": 1}}"#).unwrap();
         assert!(json_to_message(&j).is_err());
+        // A number past a double's range is not quietly made infinite.
+        let j: Json =
+            serde_json::from_str(r#"[{"tag": 1, "type": "double", "value": -1e400}]"#).unwrap();
+        assert!(json_to_cmf(&j).is_err());
+        // Hex that is not a double's 8 bytes.
+        let j: Json =
+            serde_json::from_str(r#"[{"tag": 1, "type": "double", "value": "NaN", "hex": "00"}]"#)
+                .unwrap();
+        assert!(json_to_cmf(&j).is_err());
     }
 
     /// 17 custom ints (tags 10..=26): 16 are kept and the message says so; it cannot be
