@@ -60,7 +60,6 @@ impl Arbitrary for Scenario {
         Scenario {
             seed: u64::arbitrary(g),
             link,
-            // The server counts more than 120 pings a minute as a flood.
             ping_interval_ms: pick(g, 500, 10_000),
             receive_buffer: pick(g, 9000, 100_000) as usize,
             chunks: u8::arbitrary(g) % 4 == 0,
