@@ -623,6 +623,8 @@ impl<S: Storage> Connection<S> {
     /// back by backpressure first: input after EOF is ignored.
     pub fn handle_eof(&mut self, now: Instant) {
         let now = self.update_clock(now);
+        // What came before the end counts first: a ping to a client, a protocol error.
+        self.process_input(now, true);
         if !self.is_closed() {
             self.close_with(now, CloseReason::Eof);
         }
@@ -934,6 +936,8 @@ impl<S: Storage> Connection<S> {
         self.pongs_owed -= done as u32;
         self.stats.frames_out += done as u64;
         self.frame_left = match written % PONG_FRAME.len() {
+            // The batch handed out goes on with the next pong, in a later call.
+            0 if self.returned > 0 => PONG_FRAME.len(),
             0 => 0,
             part => PONG_FRAME.len() - part,
         };

@@ -315,6 +315,32 @@ fn nothing_after_a_ping_to_the_client_is_delivered_however_the_bytes_come() {
 }
 
 #[test]
+fn a_ping_to_the_client_counts_before_the_end_of_the_stream() {
+    // More messages before the ping than are parsed ahead of delivery, then EOF before the
+    // application polls: the ping still ends the stream, not the EOF.
+    let mut wire = Vec::new();
+    for i in 0..5 {
+        FrameEncoder::new()
+            .encode(&Header::new(1, i), b"before", &mut wire)
+            .unwrap();
+    }
+    wire.extend_from_slice(&PING_FRAME);
+    FrameEncoder::new()
+        .encode(&Header::new(1, 9), b"after", &mut wire)
+        .unwrap();
+    let (mut c, _) = pair(Config::default());
+    assert_eq!(c.handle_input(t(1), &wire), wire.len());
+    c.handle_eof(t(1));
+    let events = drain(&mut c);
+    assert_eq!(events.len(), 6, "{events:?}");
+    assert_eq!(
+        events[4],
+        Ev::Message(Header::new(1, 4), b"before".to_vec())
+    );
+    assert_eq!(events[5], Ev::Closed(CloseReason::PeerPinged));
+}
+
+#[test]
 fn garbage_first_bytes() {
     let (_, mut s) = pair(Config::default());
     assert_eq!(s.handle_input(t(1), b"GET / HTTP/1.1\r\n"), 16);
@@ -797,6 +823,43 @@ fn pongs_written_in_any_pieces_come_out_whole() {
     s.send(t(2), msg!(3, 1, b"x"), Priority::Normal).unwrap();
     let tx = take_tx(&mut s);
     assert_eq!(tx[2..], [0x08, 0x03, 0x10, 0x01, 0x04, b'x']);
+}
+
+#[test]
+fn one_poll_of_pongs_may_be_consumed_in_pieces() {
+    // Pieces that end between two pongs, and inside one.
+    for pieces in [[6, 6, 0], [6, 3, 3], [2, 4, 6], [7, 5, 0]] {
+        let (_, mut s) = pair(Config::default());
+        s.handle_input(t(1), &PING_FRAME.repeat(2));
+        let batch = s.poll_transmit().unwrap().to_vec();
+        assert_eq!(batch, PONG_FRAME.repeat(2));
+        let mut at = 0;
+        for n in pieces {
+            s.consume_transmit(n);
+            at += n;
+        }
+        assert_eq!(at, 12);
+        assert_eq!(
+            s.poll_transmit(),
+            None,
+            "{pieces:?}: a third pong for two pings"
+        );
+        assert_eq!(
+            (s.stats().bytes_out, s.stats().frames_out),
+            (12, 2),
+            "{pieces:?}"
+        );
+    }
+    // Ending between two pongs, then a new poll: it starts at the next pong.
+    let (_, mut s) = pair(Config::default());
+    s.handle_input(t(1), &PING_FRAME.repeat(2));
+    s.poll_transmit();
+    s.consume_transmit(6);
+    s.consume_transmit(3);
+    let mut wire = PONG_FRAME.to_vec();
+    wire.extend_from_slice(&PONG_FRAME[..3]);
+    wire.extend(take_tx(&mut s));
+    assert_eq!(wire, PONG_FRAME.repeat(2));
 }
 
 #[test]

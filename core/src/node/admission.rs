@@ -153,6 +153,13 @@ impl Bans {
             })
     }
 
+    /// Whether import number `import` added the ban on `ip` (still in the table).
+    pub(crate) fn added_by(&self, ip: IpAddr, import: u32) -> bool {
+        self.map
+            .get(&canonical(ip))
+            .is_some_and(|b| b.import == import)
+    }
+
     /// Starts an import of saved bans; returns its number for [`Bans::import`].
     pub(crate) fn begin_import(&mut self) -> u32 {
         self.imports = self.imports.wrapping_add(1).max(1);

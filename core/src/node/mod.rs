@@ -1345,17 +1345,18 @@ impl<S: Storage> Node<S> {
         let change = self.bans.ban(ip, until);
         self.note_ban(change, ip);
         self.scores.forget(ip);
-        self.close_banned_peers(now);
+        let ip = admission::canonical(ip);
+        self.close_peers(now, |_, peer| admission::canonical(peer) == ip);
     }
 
-    /// Connections to or from banned addresses close, and those waiting to reconnect to one
-    /// never do.
-    fn close_banned_peers(&mut self, now: Instant) {
+    /// Connections to or from the addresses `banned` picks close as banned, and those
+    /// waiting to reconnect to one never do.
+    fn close_peers(&mut self, now: Instant, banned: impl Fn(&Bans, IpAddr) -> bool) {
         for i in 0..self.slots.len() as u32 {
             let Some(slot) = self.slots.get_mut(i as usize) else {
                 continue;
             };
-            if self.bans.banned_until(slot.peer.ip(), now).is_none() {
+            if !banned(&self.bans, slot.peer.ip()) {
                 continue;
             }
             slot.closing = true;
@@ -1412,7 +1413,8 @@ impl<S: Storage> Node<S> {
     }
 
     /// Restores bans saved with [`Node::export_bans`]; ones already over are skipped, and a ban
-    /// never gets shorter. Connections of the banned addresses close, as with [`Node::ban`]. Returns how many records were taken (added or extending a ban),
+    /// never gets shorter. Connections of the addresses it bans anew close, as with
+    /// [`Node::ban`]. Returns how many records were taken (added or extending a ban),
     /// leaving out those that later records of the same import pushed out of a full table
     /// (it keeps the bans ending last). The restored bans are not reported as [`Output::Banned`] (the
     /// caller has them); bans from before that made room are reported as
@@ -1446,7 +1448,7 @@ impl<S: Storage> Node<S> {
         if let Some(next) = self.bans.next_expiry() {
             self.push_timer(next, Key::Bans);
         }
-        self.close_banned_peers(now);
+        self.close_peers(now, |bans, peer| bans.added_by(peer, import));
         taken
     }
 

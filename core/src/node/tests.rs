@@ -1585,3 +1585,43 @@ fn a_subscription_to_message_minus_one_takes_messages_without_an_id() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_ban_closes_the_connections_of_its_own_address_only() {
+    // An allowed address is admitted despite its ban; banning another address leaves it.
+    let mut server = N::new(t(0), NodeConfig::default());
+    let a = addr(2, 0).ip();
+    server.ban(t(0), a);
+    assert!(server.allow(a));
+    let s = server.accept(t(1), addr(2, 40000)).unwrap();
+    drain(&mut server);
+    server.ban(t(2), addr(9, 0).ip());
+    assert!(!drain(&mut server).contains(&O::Disconnect(s)));
+    // An application's own connection to a banned address, the same with an import.
+    let mut n = N::new(t(0), NodeConfig::default());
+    n.ban(t(0), addr(1, 0).ip());
+    let c = n.connect(t(0), addr(1, 1235)).unwrap();
+    n.handle_connected(t(0), c).unwrap();
+    drain(&mut n);
+    let record = BanRecord {
+        ip: addr(9, 0).ip(),
+        until_unix_secs: 1_000_000 + 3600,
+    };
+    n.import_bans(t(1), 1_000_000, [record]);
+    assert!(!drain(&mut n).contains(&O::Disconnect(c)));
+}
+
+#[test]
+fn a_ban_that_a_full_table_drops_still_closes_its_connections() {
+    let config = NodeConfig {
+        max_bans: NonZeroUsize::new(1).unwrap(),
+        ..NodeConfig::default()
+    };
+    let mut server = N::new(t(0), config);
+    server.ban(t(1), addr(9, 0).ip());
+    let s = server.accept(t(1), addr(2, 40000)).unwrap();
+    drain(&mut server);
+    // To the threshold in the same instant: the new ban ends no later than the one held.
+    server.punish(t(1), s, 1000).unwrap();
+    assert!(drain(&mut server).contains(&O::Disconnect(s)));
+}
