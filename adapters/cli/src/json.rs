@@ -190,13 +190,16 @@ pub fn json_to_cmf(tokens: &Json) -> Result<Vec<u8>, InputError> {
                     .ok_or_else(|| ctx("value must be true or false"))?,
             ),
             "double" => Value::Double(match (obj.get("hex"), value) {
-                (Some(h), _) => {
+                // Only NaNs carry their bytes (`decode` prints them for no other double).
+                (Some(h), Json::String(s)) if s == "NaN" => {
                     let bytes = h.as_str().map(from_hex).transpose()?;
-                    let bytes = bytes
+                    bytes
                         .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .ok_or_else(|| ctx("hex must be the double's 8 bytes"))?;
-                    f64::from_le_bytes(bytes)
+                        .map(f64::from_le_bytes)
+                        .filter(|d| d.is_nan())
+                        .ok_or_else(|| ctx("hex must be the 8 bytes of a NaN"))?
                 }
+                (Some(_), _) => return Err(ctx("only a \"NaN\" value carries \"hex\"")),
                 (None, value) => match value {
                     Json::String(s) if s == "NaN" => f64::NAN,
                     Json::String(s) if s == "inf" => f64::INFINITY,
@@ -573,11 +576,15 @@ mod tests {
         let j: Json =
             serde_json::from_str(r#"[{"tag": 1, "type": "double", "value": -1e400}]"#).unwrap();
         assert!(json_to_cmf(&j).is_err());
-        // Hex that is not a double's 8 bytes.
-        let j: Json =
-            serde_json::from_str(r#"[{"tag": 1, "type": "double", "value": "NaN", "hex": "00"}]"#)
-                .unwrap();
-        assert!(json_to_cmf(&j).is_err());
+        // Hex that is not a NaN's 8 bytes, or that goes with another value.
+        for bad in [
+            r#"[{"tag": 1, "type": "double", "value": "NaN", "hex": "00"}]"#,
+            r#"[{"tag": 1, "type": "double", "value": "NaN", "hex": "000000000000f03f"}]"#,
+            r#"[{"tag": 1, "type": "double", "value": 1.5, "hex": "000000000000f8ff"}]"#,
+        ] {
+            let j: Json = serde_json::from_str(bad).unwrap();
+            assert!(json_to_cmf(&j).is_err(), "{bad}");
+        }
     }
 
     /// 17 custom ints (tags 10..=26): 16 are kept and the message says so; it cannot be

@@ -203,7 +203,7 @@ fn call_header(
     };
     // The encoder's checks are the ones a send makes.
     FrameEncoder::new()
-        .encode(&header, body, &mut Vec::new())
+        .check(&header, body.len())
         .map_err(|e| format!("cannot send --service {service} --message {message}: {e}"))?;
     Ok(header)
 }

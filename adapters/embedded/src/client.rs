@@ -123,8 +123,9 @@ where
         self.conn.poll_event().ok_or(Error::Closed).map(Some)
     }
 
-    /// Writes everything queued, then flushes the socket. It does not read: the peer must
-    /// keep reading (the Hub and the other adapters do). Fails with [`Error::Closed`] when the
+    /// Writes everything queued, then flushes the socket. It does not read, so it waits for a
+    /// peer that stops reading until its answers are read (the C++ does while more than 750
+    /// wait for us): with answers coming, use [`Client::next`], which reads and writes. Fails with [`Error::Closed`] when the
     /// connection is (or becomes) closed; [`Client::next`] then says why.
     pub async fn flush(&mut self) -> Result<(), Error<T::Error>> {
         self.settle();
