@@ -619,8 +619,9 @@ impl<S: Storage> Connection<S> {
     }
 
     /// Input: the peer closed the stream or it broke. Complete messages already received are
-    /// still delivered, then [`Event::Closed`] with [`CloseReason::Eof`]. Offer any bytes held
-    /// back by backpressure first: input after EOF is ignored.
+    /// still delivered, then [`Event::Closed`] with [`CloseReason::Eof`], unless a frame
+    /// received before the end closed it first (a protocol error, a ping to a client). Offer
+    /// any bytes held back by backpressure first: input after EOF is ignored.
     pub fn handle_eof(&mut self, now: Instant) {
         let now = self.update_clock(now);
         // What came before the end counts first: a ping to a client, a protocol error.
