@@ -2,8 +2,9 @@
 //! handles messages, the [`NodeEvent`]s applications see, and [`Dispatch`], which drains a
 //! [`Node`]'s outputs and tells the adapter which sockets to wake, open or close.
 //!
-//! Nothing here does I/O or waits: `flowee-smol` and `flowee-std` call [`Dispatch::pump`] with
-//! their node locked and act on the [`Actions`] it returns.
+//! Nothing here waits, and the only I/O is [`listen`], which opens both servers' listening
+//! socket: `flowee-smol` and `flowee-std` call [`Dispatch::pump`] with their node locked and
+//! act on the [`Actions`] it returns.
 
 use flowee_proto::frame::MAX_FRAME_LEN;
 use flowee_proto::node::{
@@ -14,7 +15,8 @@ use flowee_proto::{
     SendError,
 };
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,6 +199,25 @@ pub fn reply_header(request: &Header) -> Header {
         let _ = h.ints.set(tag, value);
     }
     h
+}
+
+/// Connections the system may hold, handshake done, before a server accepts them. Rust's
+/// `TcpListener::bind` asks for 128: in a burst of connects beyond that, handshakes are dropped
+/// and retried a second or more later, so a peer that connected may not be accepted for
+/// seconds (the C++ asks for the system's maximum). The system caps this at its own limit
+/// (`net.core.somaxconn` on Linux).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// A socket listening on `addr` with [`LISTEN_BACKLOG`], otherwise as `TcpListener::bind`
+/// makes it (on Unix, the address may be reused at once after a restart).
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// The timeout to give [`Node::request`] for a request that must not fail before `timeout`
@@ -503,6 +524,32 @@ mod tests {
     use super::*;
     use flowee_proto::node::{NodeConfig, Scope};
     use std::sync::Mutex;
+
+    /// Connects the system completes before the server accepts any: more than the 128 of
+    /// `TcpListener::bind`. (Linux drops the handshake of a connect past a full backlog, so
+    /// it would wait a second for a retry.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_listen_backlog_holds_a_burst_of_connects() {
+        let limit: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        // A system that allows fewer than this cannot show it (Linux before 5.4: 128).
+        let burst = 300;
+        if limit < burst {
+            eprintln!("net.core.somaxconn is {limit}: the system caps the backlog, not shown");
+            return;
+        }
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut open = Vec::new();
+        for i in 0..burst {
+            let c = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+            open.push(c.unwrap_or_else(|e| panic!("connect {i} of {burst}: {e}")));
+        }
+        drop(listener);
+    }
 
     /// Adds a listener to `d` that keeps every event it hears.
     fn recording_listener(d: &mut Dispatch) -> Arc<Mutex<Vec<NodeEvent>>> {

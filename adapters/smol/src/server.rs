@@ -7,7 +7,7 @@ use flowee_proto::{Message, Priority, SendError};
 use smol::Async;
 use smol::net::AsyncToSocketAddrs;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// A Flowee server: accepts connections (bans and rate limits from the node), answers pings,
@@ -21,14 +21,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Listens on `addr` (port 0 picks a free one; see [`Server::local_addr`]).
+    /// Listens on `addr` (port 0 picks a free one; see [`Server::local_addr`]), with room for
+    /// [`LISTEN_BACKLOG`](flowee_service::LISTEN_BACKLOG) connections not yet accepted.
     pub async fn bind(addr: impl AsyncToSocketAddrs, config: NodeConfig) -> io::Result<Server> {
         let addr = smol::net::resolve(addr)
             .await?
             .into_iter()
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "address did not resolve"))?;
-        let listener = Async::<TcpListener>::bind(addr)?;
+        let listener = Async::new(flowee_service::listen(addr)?)?;
         let local = listener.get_ref().local_addr()?;
         let rt = Runtime::new(config);
         // A task of the runtime, so that `shutdown` waits for it (and the listener it drops).

@@ -35,9 +35,22 @@ impl fmt::Debug for Server {
 }
 
 impl Server {
-    /// Listens on `addr` (port 0 picks a free one; see [`Server::local_addr`]).
+    /// Listens on `addr` (port 0 picks a free one; see [`Server::local_addr`]), with room for
+    /// [`LISTEN_BACKLOG`](flowee_service::LISTEN_BACKLOG) connections not yet accepted.
     pub fn bind(addr: impl ToSocketAddrs, config: NodeConfig) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr)?;
+        // The first address that can be listened on, as `TcpListener::bind` picks it.
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "address did not resolve");
+        let mut listening = None;
+        for addr in addr.to_socket_addrs()? {
+            match flowee_service::listen(addr) {
+                Ok(l) => {
+                    listening = Some(l);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let listener = listening.ok_or(last)?;
         let local = listener.local_addr()?;
         let rt = Runtime::new(config)?;
         rt.set_accepting(true);
